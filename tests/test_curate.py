@@ -12,6 +12,7 @@ import pytest
 from autarky import artifact
 from autarky.console import UserError
 from autarky.data import curate as curate_module
+from autarky.data import executor
 from autarky.data.corpus import iter_documents, iter_dropped, iter_texts
 from autarky.data.curate import CurateConfig, curate
 from autarky.data.decode import decode, detect
@@ -319,8 +320,8 @@ def test_workers_default_to_the_cores_this_process_may_use(monkeypatch):
 
     if hasattr(os, "sched_getaffinity"):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
-        assert curate_module.available_cores() == 3
-    assert curate_module.available_cores() >= 1
+        assert executor.available_cores() == 3
+    assert executor.available_cores() >= 1
 
 
 def make_docs(root: Path) -> None:

@@ -120,7 +120,9 @@ def test_resume_after_interruption_redoes_only_unfinished_batches(tmp_path, monk
     monkeypatch.setattr(curate_module, "process_task", real)
     reads = []
     real_read = read_module.read_source
-    monkeypatch.setattr(curate_module, "read_source", lambda s, o: reads.append(s.path) or real_read(s, o))
+    monkeypatch.setattr(
+        curate_module, "read_source", lambda s, *rest: reads.append(s.path) or real_read(s, *rest)
+    )
     resumed = curate([src], tmp_path / "work", config=config, workers=1)
     assert len(reads) == 4  # the two unfinished batches of two files, not all eight
     assert resumed.id == reference.id  # same bytes as a run that was never interrupted

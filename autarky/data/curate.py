@@ -2,14 +2,18 @@
 
 Three passes, so that memory stays bounded and a killed run resumes where it stopped:
 
-1. map, in a process pool over batches of source files: read → per-document steps (normalise,
-   language, quality, PII) → a part file of kept documents with their text hash, and one of dropped
-   documents. A finished batch leaves a marker; a re-run after a kill skips it.
-2. dedup, over the compact keys of every kept document: exact, then near (MinHash LSH).
+1. map, over batches of source files on an executor (executor.py: inline, a process pool or Ray):
+   read → per-document steps (normalise, language, quality, PII) → a part file of kept documents
+   with their text hash, and one of dropped documents. A finished batch leaves a marker; a re-run
+   after a kill skips it.
+2. dedup, over the compact keys of every kept document: the global steps (exact, then near), in
+   one loop.
 3. write: stream the parts again into `shards/{split}-*.parquet` and `dropped/*.parquet`.
 
 Every document read ends in exactly one of the two, with the step and reason that dropped it, and
-the manifest's counts add up: documents_in == documents_kept + documents_dropped.
+the manifest's counts add up: documents_in == documents_kept + documents_dropped. Files and archive
+members passed over (unknown type, hidden, links out of the tree, unsafe member paths) are listed
+with their reason; files that could not be read, or passed their budget, with theirs.
 """
 
 from __future__ import annotations
@@ -17,14 +21,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,56 +38,116 @@ from autarky.artifact import Artifact, Builder, default_name, write_json
 from autarky.console import UserError, console, progress
 from autarky.data.corpus import DROPPED_SCHEMA, SCHEMA, ShardWriter, document_row
 from autarky.data.dedup import ExactDedup, MinHasher, MinHashSignature, NearDedup
-from autarky.data.document import text_hash
+from autarky.data.document import Document, text_hash
+from autarky.data.executor import Executor
 from autarky.data.filters import FineWebQuality, GopherQuality, GopherRepetition, default_thresholds
 from autarky.data.langid import LanguageFilter
 from autarky.data.normalize import Normalize
 from autarky.data.pii import RedactPII
 from autarky.data.read import ReadCheck, ReadOptions, Source, SourceError, find_sources, read_source
-from autarky.data.steps import Step, merge_reports, run_steps
-from autarky.machine import available_cores
+from autarky.data.steps import GlobalStep, Step, StepStats, add_stats, run_steps
 
 PART_SCHEMA = SCHEMA.append(pa.field("_source", pa.int32())).append(pa.field("_hash", pa.binary(16)))
 TASK_BYTES = 16 << 20  # a batch of source files for one worker: the unit of parallelism and of resume
 TASK_FILES = 256
-MAX_LISTED_ERRORS = 100
+MAX_LISTED = 100  # errors and passed-over files the manifest lists (stats.json lists them all)
+
+
+def setting(default=MISSING, *, factory=MISSING, help: str):
+    """A config field with its default and its help text, the one place either is written."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
 
 
 @dataclass
 class CurateConfig:
     """Every setting that shapes the corpus (how many workers run it does not, so it is not here)."""
 
-    text_field: str = "text"  # .jsonl/.parquet: the field holding the text
-    id_field: str = "id"  # .jsonl/.parquet: the field kept as `source_id` in the meta column
-    tags: dict[str, str] = field(default_factory=dict)  # travel with every document (`tags` column)
-    source_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # per source argument, over `tags`
-    normalize: bool = True
-    fix_mojibake: bool = True
-    langid: bool = True
-    languages: list[str] = field(default_factory=list)  # allow list (ISO 639-1); empty: keep all, label only
-    language_min_score: float = 0.65
-    language_thresholds: dict[str, float] = field(
-        default_factory=lambda: {"ru": 0.9}
-    )  # FineWeb-2's for Russian
-    langid_chars: int = 4_000  # fastText reads ~1.4 MB/s: four 1000-character windows of a long text
-    gopher_quality: bool = True
-    gopher_repetition: bool = True
-    fineweb_quality: bool = True
-    quality_scope: str = "web"  # "web": judge only text from HTML/WARC; "all": every document
-    quality_thresholds: dict[str, dict] = field(default_factory=default_thresholds)
-    pii: bool = True
-    exact_dedup: bool = True
-    near_dedup: bool = True
-    minhash_ngram: int = 5
-    minhash_bands: int = 14  # LSH: 14 bands of 8 rows find pairs of Jaccard 0.8 92% of the time (dedup.py)
-    minhash_rows: int = 8
-    near_dup_threshold: float = 0.7  # only confirms LSH candidates: their estimated Jaccard must reach it
-    val_fraction: float = 0.02
-    shard_bytes: int = 64 << 20  # UTF-8 text per shard file
+    # reading
+    text_field: str = setting("text", help="Field holding the text in .jsonl/.parquet.")
+    id_field: str = setting(
+        "id", help="Field kept as the source's own id (`source_id` in meta) in .jsonl/.parquet."
+    )
+    tags: dict[str, str] = setting(factory=dict, help="key=value carried by every document (`tags` column).")
+    source_tags: dict[str, dict[str, str]] = setting(
+        factory=dict, help="Per source argument: key=value carried by its documents only, over `tags`."
+    )
+    follow_links: bool = setting(
+        False, help="Follow links that lead out of the given directories, and links to directories."
+    )
+    max_expansion: int = setting(
+        100, help="A source may decompress to this many times its size on disk, within the two bounds below."
+    )
+    min_budget_bytes: int = setting(
+        256 << 20, help="Decompressed bytes any source may produce, however small."
+    )
+    max_budget_bytes: int = setting(4 << 30, help="Decompressed bytes no source may pass, however large.")
+    entries_per_kib: int = setting(
+        64,
+        help="Archive members, JSON lines, Parquet rows and WARC records a source may hold per KiB on disk "
+        "(at least --min-entries): past it, it is a bomb, not data.",
+    )
+    min_entries: int = setting(10_000, help="Entries any source may hold, however small.")
+    max_document_chars: int = setting(
+        10_000_000,
+        help="Longer documents are dropped (reason too_long), cut to this length in the dropped rows.",
+    )
+    # per-document steps
+    normalize: bool = setting(True, help="Normalise Unicode, newlines, controls and spaces.")
+    fix_mojibake: bool = setting(True, help="Repair mis-decoded text (ftfy).")
+    langid: bool = setting(True, help="Identify each document's language.")
+    languages: list[str] = setting(
+        factory=list, help="Keep only these languages (ISO 639-1); empty: keep all, label only."
+    )
+    language_min_score: float = setting(0.65, help="Score an allowed language must reach (0 to 1).")
+    language_thresholds: dict[str, float] = setting(
+        factory=lambda: {"ru": 0.9}, help="Per-language score thresholds (FineWeb-2's for Russian)."
+    )
+    langid_chars: int = setting(
+        4_000, help="Characters language ID reads: four windows of a long text (fastText reads ~1.4 MB/s)."
+    )
+    gopher_quality: bool = setting(True, help="Gopher quality heuristics.")
+    gopher_repetition: bool = setting(True, help="Gopher repetition heuristics.")
+    fineweb_quality: bool = setting(True, help="FineWeb quality heuristics.")
+    quality_scope: str = setting(
+        "web", help="web: the heuristics judge only text from HTML/WARC; all: every document."
+    )
+    quality_thresholds: dict[str, dict] = setting(
+        factory=default_thresholds, help="Heuristic thresholds per language (`default` for the others)."
+    )
+    pii: bool = setting(True, help="Redact e-mails, phones, cards, IP addresses, SNILS, INN, passports.")
+    # global steps
+    exact_dedup: bool = setting(True, help="Drop exact duplicates (the first in source order is kept).")
+    near_dedup: bool = setting(True, help="Drop near duplicates (MinHash LSH over word n-grams).")
+    minhash_ngram: int = setting(5, help="Words per shingle for MinHash.")
+    minhash_bands: int = setting(
+        14, help="LSH bands: 14 bands of 8 rows find pairs of Jaccard 0.8 92% of the time (dedup.py)."
+    )
+    minhash_rows: int = setting(8, help="LSH rows per band.")
+    near_dup_threshold: float = setting(
+        0.7,
+        help="In (0, 1]: the MinHash-estimated Jaccard (word 5-grams) at which a candidate pair counts as "
+        "near duplicates. It only confirms candidates: LSH (14 bands x 8 rows) proposes pairs of "
+        "Jaccard 0.8 92% of the time, 0.7 56%, 0.6 21%, 0.5 5%, so setting it below ~0.7 adds few pairs.",
+    )
+    # output
+    val_fraction: float = setting(0.02, help="Share of documents for the val split.")
+    shard_bytes: int = setting(64 << 20, help="UTF-8 text per shard file.")
 
     @property
     def hasher(self) -> MinHasher:
         return MinHasher(self.minhash_ngram, self.minhash_bands, self.minhash_rows)
+
+    @property
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(
+            self.text_field,
+            self.id_field,
+            self.max_expansion,
+            self.min_budget_bytes,
+            self.max_budget_bytes,
+            self.entries_per_kib,
+            self.min_entries,
+        )
 
     def validate(self) -> None:
         """A `UserError` for a setting no run can use, before any work starts."""
@@ -99,9 +161,13 @@ class CurateConfig:
             )
         if not 0 <= self.language_min_score <= 1:
             raise UserError(f"the language score must be between 0 and 1, not {self.language_min_score}")
-        for name in ("minhash_ngram", "minhash_bands", "minhash_rows", "shard_bytes", "langid_chars"):
+        positive = ("minhash_ngram", "minhash_bands", "minhash_rows", "shard_bytes", "langid_chars")
+        limits = ("max_expansion", "min_budget_bytes", "max_budget_bytes", "entries_per_kib", "min_entries")
+        for name in (*positive, *limits, "max_document_chars"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be 1 or more, not {getattr(self, name)}")
+        if self.min_budget_bytes > self.max_budget_bytes:
+            raise UserError("min_budget_bytes must not be above max_budget_bytes")
 
 
 def parse_tags(items: list[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -123,7 +189,7 @@ def parse_tags(items: list[str]) -> tuple[dict[str, str], dict[str, dict[str, st
 
 def build_steps(config: CurateConfig) -> list[Step]:
     """The per-document steps, in order; every one but `read` can be turned off in the config."""
-    steps: list[Step] = [ReadCheck()]
+    steps: list[Step] = [ReadCheck(config.max_document_chars)]
     if config.normalize:
         steps.append(Normalize(fix_mojibake=config.fix_mojibake))
     if config.langid:
@@ -179,118 +245,103 @@ def plan_tasks(sources: list[Source], config: CurateConfig, parts: Path) -> list
     return tasks
 
 
+class TaskParts:
+    """What one task leaves in the staging directory: kept rows (with their source and text hash),
+    dropped rows, and the MinHash signatures of the kept ones."""
+
+    def __init__(self, task: Task) -> None:
+        parts = Path(task.parts)
+        self.kept = ShardWriter(parts, f"{task.key}.kept", PART_SCHEMA, shard_bytes=1 << 62)
+        self.dropped = ShardWriter(parts, f"{task.key}.dropped", DROPPED_SCHEMA, shard_bytes=1 << 62)
+        self.signatures: list[np.ndarray] | None = [] if task.config.near_dedup else None
+        self.signature_path = parts / f"{task.key}.sig.npy"
+        self.signature_size = task.config.hasher.size
+
+    def keep(self, doc: Document, position: int) -> None:
+        self.kept.write({**document_row(doc), "_source": position, "_hash": text_hash(doc.text)})
+        if self.signatures is not None:
+            self.signatures.append(doc.cache["signature"])
+
+    def drop(self, doc: Document, step: str, reason: str) -> None:
+        self.dropped.write({**document_row(doc), "step": step, "reason": reason})
+
+    def close(self) -> dict:
+        if self.signatures is not None:
+            empty = np.zeros((0, self.signature_size), dtype=np.uint64)
+            np.save(self.signature_path, np.stack(self.signatures) if self.signatures else empty)
+        return {
+            "kept_files": [p.name for p in self.kept.close()],
+            "dropped_files": [p.name for p in self.dropped.close()],
+        }
+
+
+class Timed:
+    """Counts and times the items an iterator yields: reading is a step too, and is reported as one."""
+
+    def __init__(self) -> None:
+        self.count, self.seconds = 0, 0.0
+
+    def over(self, items: Iterator) -> Iterator:
+        while True:
+            start = time.perf_counter()
+            item = next(items, None)
+            self.seconds += time.perf_counter() - start
+            if item is None:
+                return
+            self.count += 1
+            yield item
+
+    def stats(self) -> StepStats:
+        return StepStats({"total": self.count, "forwarded": self.count}, self.seconds)
+
+
+def process_source(
+    position: int, source: Source, config: CurateConfig, steps: list[Step], parts: TaskParts, timed: Timed
+) -> dict:
+    """Read one source through the steps into the task's parts; returns its accounting."""
+    entry: dict = {"documents": 0, "kept": 0, "dropped": Counter(), "error": None, "skipped": []}
+    try:
+        for doc in timed.over(read_source(source, config.read_options, entry["skipped"])):
+            entry["documents"] += 1
+            out, step, reason = run_steps(doc, steps)
+            if out is None:
+                parts.drop(doc, step, reason)
+                entry["dropped"][f"{step}/{reason}"] += 1
+            else:
+                parts.keep(out, position)
+                entry["kept"] += 1
+    except SourceError as e:
+        entry["error"] = str(e)
+    except Exception as e:  # a reader library failing on a damaged file must not stop the run
+        entry["error"] = f"{type(e).__name__}: {e}"[:300]
+    return entry
+
+
 def process_task(task: Task) -> dict:
     """Read and filter one batch of sources into part files; returns (and leaves on disk) its accounting."""
-    parts = Path(task.parts)
-    marker = parts / f"{task.key}.json"
+    marker = Path(task.parts) / f"{task.key}.json"
     if marker.is_file():
         return json.loads(marker.read_text())
     cpu_start = time.process_time()
-    config = task.config
-    steps = build_steps(config)
-    options = ReadOptions(config.text_field, config.id_field)
-    kept = ShardWriter(parts, f"{task.key}.kept", PART_SCHEMA, shard_bytes=1 << 62)
-    dropped = ShardWriter(parts, f"{task.key}.dropped", DROPPED_SCHEMA, shard_bytes=1 << 62)
-    signatures: list[np.ndarray] = []
-    per_source = {}
-    extract = {"stats": {"total": 0, "forwarded": 0}, "seconds": 0.0}  # reading is a step too: time it
-    for position, source in task.sources:
-        entry = {"documents": 0, "kept": 0, "dropped": Counter(), "error": None}
-        try:
-            documents = read_source(source, options)
-            while True:
-                started = time.perf_counter()
-                doc = next(documents, None)
-                extract["seconds"] += time.perf_counter() - started
-                if doc is None:
-                    break
-                extract["stats"]["total"] += 1
-                extract["stats"]["forwarded"] += 1
-                entry["documents"] += 1
-                out, step, reason = run_steps(doc, steps)
-                if out is None:
-                    dropped.write({**document_row(doc), "step": step, "reason": reason})
-                    entry["dropped"][f"{step}/{reason}"] += 1
-                else:
-                    kept.write({**document_row(out), "_source": position, "_hash": text_hash(out.text)})
-                    if config.near_dedup:
-                        signatures.append(out.cache["signature"])
-                    entry["kept"] += 1
-        except SourceError as e:
-            entry["error"] = str(e)
-        except Exception as e:  # a reader library failing on a damaged file must not stop the run
-            entry["error"] = f"{type(e).__name__}: {e}"[:300]
-        per_source[str(position)] = entry
-    if config.near_dedup:
-        sig = np.stack(signatures) if signatures else np.zeros((0, config.hasher.size), dtype=np.uint64)
-        np.save(parts / f"{task.key}.sig.npy", sig)
+    steps = build_steps(task.config)
+    parts, timed = TaskParts(task), Timed()
+    per_source = {
+        str(position): process_source(position, source, task.config, steps, parts, timed)
+        for position, source in task.sources
+    }
+    stats = {"extract": timed.stats()} | {s.name: s.report() for s in steps}
     summary = {
         "key": task.key,
-        "kept_files": [p.name for p in kept.close()],
-        "dropped_files": [p.name for p in dropped.close()],
+        **parts.close(),
         "sources": per_source,
-        "steps": {"extract": extract} | {s.name: s.report() for s in steps},
+        "steps": {name: s.as_dict() for name, s in stats.items()},
         "cpu_seconds": time.process_time() - cpu_start,
     }
     write_json(marker, summary)
     return summary
 
 
-ENGINES = ("local", "ray")
-
-
-def run_tasks(tasks: list[Task], workers: int, on_done, engine: str = "local") -> list[dict]:
-    """Run the tasks in a local process pool (inline for one worker) or on Ray; results in task order."""
-    if engine == "ray":
-        return _run_ray(tasks, workers, on_done)
-    results: list[dict | None] = [None] * len(tasks)
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            results[task.index] = process_task(task)
-            on_done(task)
-        return results
-    # forkserver: workers must not inherit the progress bar's thread or a half-held lock.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
-        futures = {pool.submit(process_task, task): task for task in tasks}
-        for future in as_completed(futures):
-            task = futures[future]
-            results[task.index] = future.result()
-            on_done(task)
-    return results
-
-
-def _run_ray(tasks: list[Task], workers: int, on_done) -> list[dict]:
-    """The same `process_task` as Ray tasks: on the Ray cluster named by $RAY_ADDRESS, else a local one.
-
-    On a cluster the staging directory must be on storage that every node sees (NFS, a shared mount).
-    """
-    try:
-        import ray
-    except ImportError as e:
-        raise UserError("--engine ray needs Ray: pip install 'autarky[cluster]'") from e
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry: nothing leaves the building
-    started_here = not ray.is_initialized()
-    if started_here:
-        address = os.environ.get("RAY_ADDRESS")
-        local = {} if address else {"num_cpus": workers, "include_dashboard": False}
-        ray.init(address=address, log_to_driver=False, configure_logging=False, **local)
-    try:
-        remote = ray.remote(num_cpus=1)(process_task)
-        pending = {remote.remote(task): task for task in tasks}
-        results: list[dict | None] = [None] * len(tasks)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                task = pending.pop(ref)
-                results[task.index] = ray.get(ref)
-                on_done(task)
-        return results
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-# ------------------------------------------------------------------ passes 2 and 3: dedup, split, write
+# ------------------------------------------------------------------ pass 2: the global steps
 
 
 def read_keys(parts: Path, summaries: list[dict]) -> tuple[list[bytes], np.ndarray]:
@@ -334,6 +385,50 @@ def _near_dedup(
         near.count(0, {}, 0.0)
 
 
+Select = Callable[[np.ndarray, np.ndarray], None]  # clears `alive` for what it drops, adds to `copies`
+
+
+def global_steps(
+    config: CurateConfig, hashes: list[bytes], parts: Path, summaries: list[dict]
+) -> list[tuple[GlobalStep, Select]]:
+    """The steps that see every kept document at once, in order, each with how it runs."""
+    steps: list[tuple[GlobalStep, Select]] = []
+    if config.exact_dedup:
+        exact = ExactDedup(hashes)
+        steps.append((exact, exact.select))
+    if config.near_dedup:
+        near = NearDedup(config.hasher, config.near_dup_threshold)
+        steps.append((near, lambda alive, copies: _near_dedup(near, parts, summaries, alive, copies)))
+    return steps
+
+
+@dataclass
+class Verdicts:
+    """What pass 2 decided for every document kept by pass 1, in global order."""
+
+    alive: np.ndarray  # still kept
+    copies: np.ndarray  # how many documents each kept one stands for
+    code: np.ndarray  # 0 kept, else the index in `reasons` of the step that dropped it
+    reasons: list[tuple[str, str]]  # (step, reason); [0] is the kept placeholder
+    val: np.ndarray  # kept and in the val split
+
+
+def deduplicate(
+    config: CurateConfig, hashes: list[bytes], parts: Path, summaries: list[dict], stats: dict[str, StepStats]
+) -> Verdicts:
+    alive = np.ones(len(hashes), dtype=bool)
+    copies = np.ones(len(hashes), dtype=np.int32)
+    code = np.zeros(len(hashes), dtype=np.int8)
+    reasons = [("", "")]
+    for step, select in global_steps(config, hashes, parts, summaries):
+        before = alive.copy()
+        select(alive, copies)
+        reasons.append((step.name, step.reason))
+        code[before & ~alive] = len(reasons) - 1
+        stats[step.name] = step.report()
+    return Verdicts(alive, copies, code, reasons, assign_splits(hashes, alive, config.val_fraction))
+
+
 def assign_splits(hashes: list[bytes], alive: np.ndarray, val_fraction: float) -> np.ndarray:
     """True where a kept document goes to val: by its text hash, so the same text always lands alike.
 
@@ -350,6 +445,66 @@ def assign_splits(hashes: list[bytes], alive: np.ndarray, val_fraction: float) -
     return val
 
 
+# ------------------------------------------------------------------ pass 3: write the corpus
+
+
+class CorpusWriter:
+    """The artifact's shards (train, val) and dropped rows, written from the parts and the verdicts."""
+
+    def __init__(self, out: Path, verdicts: Verdicts, shard_bytes: int) -> None:
+        self.v = verdicts
+        self.train = ShardWriter(out / "shards", "train", SCHEMA, shard_bytes)
+        self.val = ShardWriter(out / "shards", "val", SCHEMA, shard_bytes)
+        self.dropped = ShardWriter(out / "dropped", "dropped", DROPPED_SCHEMA, shard_bytes)
+        self.step_names = pa.array([step for step, _ in verdicts.reasons], pa.string())
+        self.reason_names = pa.array([reason for _, reason in verdicts.reasons], pa.string())
+        self.langs: list[pa.Array] = []
+        self.sizes: list[np.ndarray] = []
+        self.done = 0  # part rows written: the global index of the next one
+
+    def write_part(self, parts: Path, summary: dict) -> None:
+        for name in summary["dropped_files"]:
+            for batch in pq.ParquetFile(parts / name).iter_batches(batch_size=1024):
+                self.dropped.write_table(pa.Table.from_batches([batch]))
+        for name in summary["kept_files"]:
+            for batch in pq.ParquetFile(parts / name).iter_batches(batch_size=1024):
+                self._write_kept(pa.Table.from_batches([batch]).drop_columns(["_source", "_hash"]))
+
+    def _write_kept(self, rows: pa.Table) -> None:
+        """Rows of pass 1: to train or val with their cluster size, or to dropped with pass 2's reason."""
+        where = slice(self.done, self.done + len(rows))
+        self.done += len(rows)
+        live, to_val, code = self.v.alive[where], self.v.val[where], self.v.code[where]
+        kept = rows.filter(pa.array(live))
+        kept = kept.set_column(
+            SCHEMA.get_field_index("split"), "split", pa.array(np.where(to_val[live], "val", "train"))
+        )
+        kept = kept.set_column(
+            SCHEMA.get_field_index("dup_cluster_size"),
+            "dup_cluster_size",
+            pa.array(self.v.copies[where][live], pa.int32()),
+        )
+        self.train.write_table(kept.filter(pa.array(~to_val[live])))
+        self.val.write_table(kept.filter(pa.array(to_val[live])))
+        self.langs += kept.column("lang").chunks
+        self.sizes.append(pc.binary_length(kept.column("text")).to_numpy())
+        gone = pa.array(code[~live])
+        self.dropped.write_table(
+            rows.filter(pa.array(~live))
+            .append_column("step", pc.take(self.step_names, gone))
+            .append_column("reason", pc.take(self.reason_names, gone))
+        )
+
+    def close(self) -> np.ndarray:
+        """Finish the files; returns the UTF-8 length of every kept document."""
+        for writer in (self.train, self.val, self.dropped):
+            writer.close()
+        return np.concatenate(self.sizes).astype(np.int64) if self.sizes else np.zeros(0, dtype=np.int64)
+
+
+# ------------------------------------------------------------------ the stage
+
+
 def curate(
     sources: list[Path],
     workdir: Path,
@@ -358,20 +513,21 @@ def curate(
     force: bool = False,
     workers: int | None = None,
     engine: str = "local",
+    ray_address: str = "",
 ) -> Artifact:
     """Curate source files and directories into a corpus artifact under `<workdir>/corpus/<name>`.
 
     A re-run with the same sources (by content) and config returns the artifact already made.
-    `workers` and `engine` ("local" process pool or "ray") change how fast, never what is made.
+    `workers`, `engine` ("local" process pool or "ray") and `ray_address` change how fast, never what is made.
     """
     config = config or CurateConfig()
-    if engine not in ENGINES:
-        raise UserError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be 1 or more, not {workers}")
+    executor = Executor(engine, workers or 0, ray_address or "")
+    executor.validate()
     config.validate()
     config_dict = asdict(config)
-    found, skipped, errors = find_sources([Path(s) for s in sources], config.tags, config.source_tags)
+    found, skipped, errors = find_sources(
+        [Path(s) for s in sources], config.tags, config.source_tags, config.follow_links
+    )
     entries = [{"path": s.path, "sha256": s.sha256, "bytes": s.bytes} for s in found]
     name = name or default_name(name_prefix(sources), "corpus", config_dict, [], entries)
     builder = Builder(Path(workdir), "corpus", name, config_dict, sources=entries)
@@ -382,25 +538,22 @@ def curate(
     # absolute: workers (forkserver, Ray) need not share this process's working directory
     parts = (Path(workdir) / "corpus" / f".parts-{builder.recipe.split(':')[1][:16]}").absolute()
     parts.mkdir(parents=True, exist_ok=True)
-    workers = workers or available_cores()
     start = time.perf_counter()
     try:
         with builder:
-            summaries = _map(found, config, parts, workers, engine)
+            summaries = _map(found, config, parts, executor)
             cpu_start = time.process_time()
-            metrics, lengths = _assemble(builder.dir, found, entries, summaries, errors, config, parts)
-            metrics["files_skipped"] = len(skipped)
+            metrics, lengths = _assemble(
+                builder.dir, found, entries, summaries, errors, skipped, config, parts
+            )
             metrics["seconds"] = round(time.perf_counter() - start, 3)
             # CPU seconds of every worker and of this process's dedup and writing: cost, whatever the load
             metrics["cpu_seconds"] = round(
                 sum(s["cpu_seconds"] for s in summaries) + time.process_time() - cpu_start, 3
             )
-            # Timings stay out of the files, so the same inputs give the same bytes and the same id.
-            stats = {k: v for k, v in metrics.items() if k not in ("seconds", "cpu_seconds", "steps")}
-            stats["steps"] = {k: v["stats"] for k, v in metrics["steps"].items()}
-            stats["skipped"] = skipped
-            (builder.dir / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-            metrics["errors"] = errors[:MAX_LISTED_ERRORS]  # stats.json lists them all
+            _write_stats(builder.dir, metrics, skipped)
+            metrics["errors"] = errors[:MAX_LISTED]  # stats.json lists them all
+            metrics["skipped"] = skipped[:MAX_LISTED]
             builder.metrics = metrics
             from autarky.data.report import write_report
 
@@ -422,7 +575,15 @@ def name_prefix(sources: list[Path]) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-") or "corpus"
 
 
-def _map(found: list[Source], config: CurateConfig, parts: Path, workers: int, engine: str) -> list[dict]:
+def _write_stats(out: Path, metrics: dict, skipped: list[dict]) -> None:
+    """stats.json: the metrics without timings, so the same inputs give the same bytes and the same id."""
+    stats = {k: v for k, v in metrics.items() if k not in ("seconds", "cpu_seconds", "steps")}
+    stats["steps"] = {k: v["stats"] for k, v in metrics["steps"].items()}
+    stats["skipped"] = skipped
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+
+
+def _map(found: list[Source], config: CurateConfig, parts: Path, executor: Executor) -> list[dict]:
     tasks = plan_tasks(found, config, parts)
     total_bytes = sum(t.bytes for t in tasks)
     from rich.progress import TextColumn
@@ -437,7 +598,35 @@ def _map(found: list[Source], config: CurateConfig, parts: Path, workers: int, e
             rate = done_bytes / max(time.perf_counter() - started, 1e-9) / 1e6
             bar.update(job, advance=len(task.sources), rate=f"{rate:.1f} MB/s of {total_bytes / 1e6:.0f} MB")
 
-        return run_tasks(tasks, workers, on_done, engine)
+        return executor.run(process_task, tasks, on_done)
+
+
+def _gather(
+    found: list[Source], summaries: list[dict], errors: list[dict], skipped: list[dict]
+) -> tuple[list[dict], dict[str, StepStats]]:
+    """Pass 1's accounting per source and per step; its read errors and passed-over members are appended."""
+    stats: dict[str, StepStats] = {}
+    per_source = [{"documents": 0, "kept": 0, "dropped": Counter()} for _ in found]
+    for summary in summaries:
+        stats = add_stats(stats, {k: StepStats.from_dict(v) for k, v in summary["steps"].items()})
+        for position, entry in summary["sources"].items():
+            acc = per_source[int(position)]
+            acc["documents"] += entry["documents"]
+            acc["dropped"].update(entry["dropped"])
+            skipped += entry["skipped"]
+            if entry["error"]:
+                errors.append({"path": found[int(position)].path, "reason": entry["error"]})
+    return per_source, stats
+
+
+def _count_global_drops(per_source: list[dict], positions: np.ndarray, v: Verdicts) -> None:
+    """Per source, what pass 2 kept and dropped: counted from the keys, without the rows."""
+    for position, n in enumerate(np.bincount(positions[v.alive], minlength=len(per_source)).tolist()):
+        per_source[position]["kept"] = n
+    for code, (step, reason) in enumerate(v.reasons[1:], 1):
+        counts = np.bincount(positions[v.code == code], minlength=len(per_source))
+        for position in np.flatnonzero(counts).tolist():
+            per_source[position]["dropped"][f"{step}/{reason}"] += int(counts[position])
 
 
 def _assemble(
@@ -446,91 +635,38 @@ def _assemble(
     entries: list[dict],
     summaries: list[dict],
     errors: list[dict],
+    skipped: list[dict],
     config: CurateConfig,
     parts: Path,
 ) -> tuple[dict, list[int]]:
     """Dedup, split and write the shards; fill the manifest's source entries; return metrics and lengths."""
-    step_reports: dict = {}
-    per_source = [{"documents": 0, "kept": 0, "dropped": Counter()} for _ in found]
-    for summary in summaries:
-        merge_reports(step_reports, summary["steps"])
-        for position, entry in summary["sources"].items():
-            acc = per_source[int(position)]
-            acc["documents"] += entry["documents"]
-            acc["dropped"].update(entry["dropped"])
-            if entry["error"]:
-                errors.append({"path": found[int(position)].path, "reason": entry["error"]})
-
+    per_source, stats = _gather(found, summaries, errors, skipped)
     hashes, positions = read_keys(parts, summaries)
-    alive = np.ones(len(hashes), dtype=bool)
-    drop_reason = np.zeros(len(hashes), dtype=np.int8)  # 0 kept, else index into `reasons`
-    reasons = [("", "")]
-    cluster = np.ones(len(hashes), dtype=np.int32)
-    if config.exact_dedup:
-        dedup = ExactDedup()
-        before = alive.copy()
-        cluster = dedup.select(hashes, alive)
-        reasons.append((dedup.name, "exact_duplicate"))
-        drop_reason[before & ~alive] = len(reasons) - 1
-        step_reports[dedup.name] = dedup.report()
-    if config.near_dedup:
-        near = NearDedup(config.hasher, config.near_dup_threshold)
-        before = alive.copy()
-        _near_dedup(near, parts, summaries, alive, cluster)
-        reasons.append((near.name, "near_duplicate"))
-        drop_reason[before & ~alive] = len(reasons) - 1
-        step_reports[near.name] = near.report()
-    val = assign_splits(hashes, alive, config.val_fraction)
-
-    # Per source, what dedup did: counted from the keys, without the rows.
-    for position, n in enumerate(np.bincount(positions[alive], minlength=len(found)).tolist()):
-        per_source[position]["kept"] = n
-    for code, (step, reason) in enumerate(reasons[1:], 1):
-        counts = np.bincount(positions[drop_reason == code], minlength=len(found))
-        for position in np.flatnonzero(counts).tolist():
-            per_source[position]["dropped"][f"{step}/{reason}"] += int(counts[position])
-
-    train = ShardWriter(out / "shards", "train", SCHEMA, config.shard_bytes)
-    valw = ShardWriter(out / "shards", "val", SCHEMA, config.shard_bytes)
-    dropped = ShardWriter(out / "dropped", "dropped", DROPPED_SCHEMA, config.shard_bytes)
-    step_names = pa.array([step for step, _ in reasons], pa.string())
-    reason_names = pa.array([reason for _, reason in reasons], pa.string())
-    split_column, cluster_column = SCHEMA.get_field_index("split"), SCHEMA.get_field_index("dup_cluster_size")
-    kept_langs: list[pa.Array] = []
-    kept_sizes: list[np.ndarray] = []
-    g = 0  # global index of a part row: where its dedup verdict, split and cluster size are
+    verdicts = deduplicate(config, hashes, parts, summaries, stats)
+    _count_global_drops(per_source, positions, verdicts)
+    writer = CorpusWriter(out, verdicts, config.shard_bytes)
     for summary in summaries:
-        for name in summary["dropped_files"]:
-            for batch in pq.ParquetFile(parts / name).iter_batches(batch_size=1024):
-                dropped.write_table(pa.Table.from_batches([batch]))
-        for name in summary["kept_files"]:
-            for batch in pq.ParquetFile(parts / name).iter_batches(batch_size=1024):
-                rows = pa.Table.from_batches([batch]).drop_columns(["_source", "_hash"])
-                live, to_val = alive[g : g + len(rows)], val[g : g + len(rows)]
-                code, copies = drop_reason[g : g + len(rows)], cluster[g : g + len(rows)]
-                g += len(rows)
-                kept = rows.filter(pa.array(live))
-                kept = kept.set_column(
-                    split_column, "split", pa.array(np.where(to_val[live], "val", "train"))
-                )
-                kept = kept.set_column(cluster_column, "dup_cluster_size", pa.array(copies[live], pa.int32()))
-                train.write_table(kept.filter(pa.array(~to_val[live])))
-                valw.write_table(kept.filter(pa.array(to_val[live])))
-                kept_langs += kept.column("lang").chunks
-                kept_sizes.append(pc.binary_length(kept.column("text")).to_numpy())
-                gone = pa.array(code[~live])
-                dropped.write_table(
-                    rows.filter(pa.array(~live))
-                    .append_column("step", pc.take(step_names, gone))
-                    .append_column("reason", pc.take(reason_names, gone))
-                )
-    train.close()
-    valw.close()
-    dropped.close()
-    lengths = np.concatenate(kept_sizes).astype(np.int64) if kept_sizes else np.zeros(0, dtype=np.int64)
-    bytes_kept = int(lengths.sum())
-    languages = _languages(pa.chunked_array(kept_langs, pa.string()), lengths)
+        writer.write_part(parts, summary)
+    lengths = writer.close()
+    counts = {"train": writer.train.count, "val": writer.val.count, "dropped": writer.dropped.count}
+    metrics = _metrics(found, per_source, counts, errors, stats)
+    metrics["bytes_kept"] = int(lengths.sum())
+    metrics["languages"] = _languages(pa.chunked_array(writer.langs, pa.string()), lengths)
+    metrics["files_skipped"] = len(skipped)
+    metrics["length_bytes"] = _length_summary(lengths)
+    for entry, acc in zip(entries, per_source, strict=True):
+        entry["documents"] = acc["documents"]
+    by_path = {entry["path"]: entry for entry in entries}
+    for error in errors:
+        if error["path"] in by_path:
+            by_path[error["path"]]["error"] = error["reason"]
+    return metrics, lengths.tolist()
 
+
+def _metrics(
+    found: list[Source], per_source: list[dict], counts: dict, errors: list[dict], stats: dict[str, StepStats]
+) -> dict:
+    """The manifest's accounting; checks that every document read was kept or dropped."""
     by_reason: dict[str, dict[str, int]] = {}
     for acc in per_source:
         for key, n in acc["dropped"].items():
@@ -538,19 +674,10 @@ def _assemble(
             by_reason.setdefault(step, {}).setdefault(reason, 0)
             by_reason[step][reason] += n
     documents_in = sum(acc["documents"] for acc in per_source)
-    documents_kept = train.count + valw.count
-    documents_dropped = dropped.count
-    if documents_in != documents_kept + documents_dropped:  # the pipeline's own invariant, not a user error
-        raise AssertionError(
-            f"accounting: {documents_in} read != {documents_kept} kept + {documents_dropped} dropped"
-        )
-    for entry, acc in zip(entries, per_source, strict=True):
-        entry["documents"] = acc["documents"]
-    by_path = {entry["path"]: entry for entry in entries}
-    for error in errors:
-        if error["path"] in by_path:
-            by_path[error["path"]]["error"] = error["reason"]
-    if documents_kept == 0:
+    kept = counts["train"] + counts["val"]
+    if documents_in != kept + counts["dropped"]:  # the pipeline's own invariant, not a user error
+        raise AssertionError(f"accounting: {documents_in} read != {kept} kept + {counts['dropped']} dropped")
+    if kept == 0:
         reasons_text = ", ".join(f"{n} {step}/{r}" for step, rs in by_reason.items() for r, n in rs.items())
         raise UserError(
             f"no document survived curation ({documents_in} read"
@@ -558,15 +685,13 @@ def _assemble(
             + (f"; {len(errors)} file(s) could not be read" if errors else "")
             + ")"
         )
-    metrics = {
+    return {
         "documents_in": documents_in,
-        "documents_kept": documents_kept,
-        "documents_dropped": documents_dropped,
+        "documents_kept": kept,
+        "documents_dropped": counts["dropped"],
         "dropped": by_reason,
-        "splits": {"train": train.count, "val": valw.count},
+        "splits": {"train": counts["train"], "val": counts["val"]},
         "bytes_in": sum(s.bytes for s in found),
-        "bytes_kept": bytes_kept,
-        "languages": dict(sorted(languages.items(), key=lambda kv: -kv[1]["bytes"])),
         "sources": {
             s.path: {"documents": acc["documents"], "kept": acc["kept"], "dropped": dict(acc["dropped"])}
             for s, acc in zip(found, per_source, strict=True)
@@ -574,10 +699,8 @@ def _assemble(
         "files_read": len(found),
         "files_failed": len(errors),
         "errors": errors,
-        "steps": step_reports,
+        "steps": {name: s.as_dict() for name, s in stats.items()},
     }
-    metrics["length_bytes"] = _length_summary(lengths)
-    return metrics, lengths.tolist()
 
 
 def _languages(langs: pa.ChunkedArray, sizes: np.ndarray) -> dict[str, dict]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,24 +36,27 @@ class ExactDedup(GlobalStep):
     """Drops a document whose normalised text is identical to an earlier one's."""
 
     name = "exact_dedup"
+    reason = "exact_duplicate"
 
-    def select(self, hashes: list[bytes], alive: np.ndarray) -> np.ndarray:
-        """Clear `alive` for every repeat; returns, for each kept first copy, how many copies it had."""
+    def __init__(self, hashes: list[bytes]) -> None:
+        super().__init__()
+        self.hashes = hashes
+
+    def select(self, alive: np.ndarray, copies: np.ndarray) -> None:
+        """Clear `alive` for every repeat and add its copies to the first one's."""
         start = time.perf_counter()
         first: dict[bytes, int] = {}
-        copies = np.ones(len(hashes), dtype=np.int32)
         total = dropped = 0
-        for i, h in enumerate(hashes):
+        for i, h in enumerate(self.hashes):
             if not alive[i]:
                 continue
             total += 1
             j = first.setdefault(h, i)
             if j != i:
                 alive[i] = False
-                copies[j] += 1
+                copies[j] += copies[i]
                 dropped += 1
-        self.count(total, {"exact_duplicate": dropped}, time.perf_counter() - start)
-        return copies
+        self.count(total, {self.reason: dropped}, time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------ near dedup: MinHash LSH
@@ -117,6 +121,19 @@ def word_hashes(text: str) -> np.ndarray:
     return _mix(h ^ (ends - starts).astype(np.uint64))
 
 
+def pieces(text: str, size: int) -> Iterator[str]:
+    """The text in pieces of at most `size` characters, each cut after a space or newline where one is
+    in its second half (a text without one for that long is cut anywhere)."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = max(text.rfind(c, start + size // 2, end) for c in " \n\t") + 1
+            end = cut or end
+        yield text[start:end]
+        start = end
+
+
 def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     """A polynomial hash (mod 2**64) of every run of `n` consecutive uint64 ids; 1 <= n <= len(ids)."""
     h = ids[: len(ids) - n + 1].copy()
@@ -149,24 +166,36 @@ class MinHasher:
         b = np.array([_stable64(f"b/{self.seed}/{i}") for i in range(self.size)], dtype=np.uint64)
         return a, b
 
-    def shingles(self, text: str) -> np.ndarray:
-        ids = word_hashes(text)
-        if not len(ids):
-            return ids
-        return _mix(ngram_hashes(ids, min(self.n, len(ids))))
+    def shingles(self, text: str, piece_chars: int = 1 << 20) -> Iterator[np.ndarray]:
+        """The n-gram hashes of the text, a piece at a time, so memory stays bounded however long it is.
+
+        Each piece's words follow the last n-1 words of the one before, so together the pieces hold
+        every n-gram of the whole text, as one pass would. A text of fewer than n words is one n-gram.
+        """
+        carry = np.zeros(0, dtype=np.uint64)
+        emitted = False
+        for piece in pieces(text, piece_chars):
+            ids = np.concatenate((carry, word_hashes(piece)))
+            if len(ids) >= self.n:
+                yield _mix(ngram_hashes(ids, self.n))
+                emitted, carry = True, ids[len(ids) - self.n + 1 :]
+            else:
+                carry = ids
+        if not emitted and len(carry):
+            yield _mix(ngram_hashes(carry, len(carry)))
 
     def signature(self, text: str, chunk: int = 2048) -> np.ndarray:
         """`size` uint64 minima; all ones (`_EMPTY`) for a text without words."""
-        x = self.shingles(text)  # repeats do not change a minimum, so no np.unique
         sig = np.full(self.size, _EMPTY, dtype=np.uint64)
         a, b = self._params
-        buffer = np.empty((min(chunk, len(x)), self.size), dtype=np.uint64)
-        for start in range(0, len(x), chunk):
-            part = x[start : start + chunk, None]
-            block = buffer[: len(part)]
-            np.multiply(part, a, out=block)  # wraps modulo 2**64, as it should
-            np.add(block, b, out=block)
-            np.minimum(sig, block.min(axis=0), out=sig)
+        for x in self.shingles(text):  # repeats do not change a minimum, so no np.unique
+            buffer = np.empty((min(chunk, len(x)), self.size), dtype=np.uint64)
+            for start in range(0, len(x), chunk):
+                part = x[start : start + chunk, None]
+                block = buffer[: len(part)]
+                np.multiply(part, a, out=block)  # wraps modulo 2**64, as it should
+                np.add(block, b, out=block)
+                np.minimum(sig, block.min(axis=0), out=sig)
         return sig
 
     def band_keys(self, sigs: np.ndarray) -> np.ndarray:
@@ -223,6 +252,7 @@ class NearDedup(GlobalStep):
     """
 
     name = "near_dedup"
+    reason = "near_duplicate"
 
     def __init__(self, hasher: MinHasher, threshold: float = 0.7) -> None:
         super().__init__()
@@ -257,4 +287,4 @@ class NearDedup(GlobalStep):
                 alive[member] = False
                 copies[root] += copies[member]
                 dropped += 1
-        self.count(considered, {"near_duplicate": dropped}, time.perf_counter() - start)
+        self.count(considered, {self.reason: dropped}, time.perf_counter() - start)

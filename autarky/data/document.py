@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 
@@ -31,3 +32,20 @@ def document_id(source_sha256: str, copy: int, key: str) -> str:
 def text_hash(text: str) -> bytes:
     """16 bytes of sha256 of the text: the key for exact dedup and for the train/val split."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(text: str) -> str:
+    """Text Parquet and JSON files can hold (UTF-8): a file name's undecodable bytes become `\\xff`, other
+    lone surrogates (a JSON `\\ud800`) U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)

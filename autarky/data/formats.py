@@ -1,9 +1,11 @@
-"""Readers for every format but plain text and JSON lines: archives, compressed files, Parquet, HTML,
-PDF, DOCX, EPUB, FictionBook, man pages and WARC. Each turns bytes into (key, text, meta) triples;
-`read.dispatch` picks one by file name, and archives call it back for their members.
+"""Readers per format: bytes in, (key, text, meta) triples out, one per document.
 
-A damaged file raises (SourceError or the library's own error); the pipeline records the reason
-and goes on. Decompression draws on a per-source budget, so a zip bomb stops at the budget.
+`dispatch` picks a reader by file name; archives call it back for their members. Every reader
+draws on the `Reading` of its source: one budget of decompressed bytes and of entries (archive
+members, JSON lines, Parquet rows, WARC records) that every container and reader takes from, so a
+bomb of any kind stops at the budget with a `SourceError`, which the pipeline records. Archive
+members that are not read (hidden, `..` or absolute paths, unknown types, links) are recorded as
+passed over, never dropped in silence.
 """
 
 from __future__ import annotations
@@ -11,133 +13,333 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import json
 import lzma
 import re
 import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from autarky.data.decode import decode
+from autarky.data.decode import decode, looks_binary
+from autarky.data.document import valid_unicode
 from autarky.data.html import decode_html, extract
-from autarky.data.read import ReadOptions, SourceError, budget, dispatch, reader, suffix_of
 
 Triples = Iterator[tuple[str, str, dict]]
 
 
-def _read_limited(stream, what: str) -> bytes:
-    """Read a decompressing stream to its end within the source's budget."""
-    limit = budget().remaining
-    try:
-        data = stream.read(limit + 1)
-    except (EOFError, OSError, lzma.LZMAError, zipfile.BadZipFile, tarfile.TarError) as e:
-        raise SourceError(f"truncated or corrupt {what}: {e}") from e
-    budget().take(len(data))
-    return data
+class SourceError(Exception):
+    """A source file that cannot be read; the message is the reason recorded in the error list."""
 
 
-def _member_triples(data: bytes, member: str, options: ReadOptions) -> Triples:
-    for key, text, meta in dispatch(data, member, options):
-        inner = meta.get("member")
-        yield (
-            (f"{member}#{key}" if key else member),
-            text,
-            {**meta, "member": f"{member}!{inner}" if inner else member},
+@dataclass(frozen=True)
+class ReadOptions:
+    """How sources are read: the fields of tabular formats and the limits of one source's budget."""
+
+    text_field: str = "text"
+    id_field: str = "id"
+    max_expansion: int = 100  # decompressed bytes per byte on disk, within the two bounds below
+    min_budget_bytes: int = 256 << 20
+    max_budget_bytes: int = 4 << 30
+    entries_per_kib: int = 64  # archive members, lines, rows, records per KiB on disk, at least min_entries
+    min_entries: int = 10_000
+
+
+class Reading:
+    """One source being read: what it may still decompress to (bytes and entries) and what it passed over."""
+
+    def __init__(self, name: str, size: int, options: ReadOptions) -> None:
+        self.name, self.options = name, options
+        self.bytes_left = min(
+            options.max_budget_bytes, max(options.min_budget_bytes, options.max_expansion * size)
         )
+        self.entries_left = max(options.min_entries, options.entries_per_kib * size // 1024)
+        self.skipped: list[dict] = []
+        self.within: list[str] = []  # the archive members being read, outermost first
+
+    def take(self, n: int, what: str) -> None:
+        """Spend `n` decompressed bytes; past the budget the source is refused."""
+        if n > self.bytes_left:
+            raise SourceError(
+                f"{what} decompresses to more than the {self.bytes_left >> 20} MB left of its budget (a bomb?)"
+            )
+        self.bytes_left -= n
+
+    def count(self, n: int, what: str) -> None:
+        """Spend `n` entries (members, lines, rows, records); past the budget the source is refused."""
+        if n > self.entries_left:
+            raise SourceError(
+                f"holds more {what} than the {self.entries_left:,} entries allowed for its size (a bomb?)"
+            )
+        self.entries_left -= n
+
+    def skip(self, member: str, reason: str) -> None:
+        """Record an archive member that is not read, under its full name (`a.zip!x.tar!../y`)."""
+        path = "!".join([self.name, *self.within, member])
+        self.skipped.append({"path": valid_unicode(path), "reason": reason})
 
 
-def _skip_member(name: str) -> bool:
-    parts = name.split("/")
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or not suffix_of(parts[-1])
+# A reader takes the raw bytes and yields (member-or-index key, text, extra meta) per document.
+Reader = Callable[[bytes, str, Reading], Triples]
+READERS: dict[str, Reader] = {}
+
+
+def reader(*suffixes: str) -> Callable[[Reader], Reader]:
+    def register(fn: Reader) -> Reader:
+        for suffix in suffixes:
+            READERS[suffix] = fn
+        return fn
+
+    return register
+
+
+def suffix_of(name: str) -> str:
+    """The longest registered suffix of a file name, lower-cased ('' when none is)."""
+    lower = name.lower()
+    for suffix in sorted(READERS, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return suffix
+    return ""
+
+
+def dispatch(data: bytes, name: str, reading: Reading) -> Triples:
+    """(key, text, meta) for each document in `data`, by the reader its file name calls for."""
+    suffix = suffix_of(name)
+    read = READERS.get(suffix, read_text)
+    for key, text, meta in read(data, name, reading):
+        meta.setdefault("format", suffix.lstrip(".") or "text")
+        yield key, text, meta
+
+
+# ------------------------------------------------------------------ text and JSON lines
+
+
+@reader(".txt", ".md", ".markdown", ".text", ".rst")
+def read_text(data: bytes, name: str, reading: Reading) -> Triples:
+    """A plain text file is one document."""
+    if looks_binary(data):
+        raise SourceError("binary data, not text")
+    text, encoding = decode(data)
+    yield "", text, {"encoding": encoding}
+
+
+@reader(".jsonl", ".ndjson")
+def read_jsonl(data: bytes, name: str, reading: Reading) -> Triples:
+    """One JSON object per line: the text in `text_field`; `id_field` kept as `source_id`."""
+    reading.count(data.count(b"\n") + 1, "JSON lines")
+    text_field, id_field = reading.options.text_field, reading.options.id_field
+    text, encoding = decode(data)
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            yield str(number), "", {"invalid": "bad_json", "line": number}
+            continue
+        meta = {"line": number}
+        if isinstance(record.get(id_field), str | int):
+            meta["source_id"] = record[id_field]
+        value = record.get(text_field)
+        if not isinstance(value, str):
+            yield str(number), "", {**meta, "invalid": f"no_{text_field}_field"}
+            continue
+        yield str(number), value, meta
 
 
 # ------------------------------------------------------------------ archives and compression
 
 
-@reader(".zip")
-def read_zip(data: bytes, name: str, options: ReadOptions) -> Triples:
+def _read_limited(stream, what: str, reading: Reading) -> bytes:
+    """Read a decompressing stream to its end within the source's budget."""
+    try:
+        data = stream.read(reading.bytes_left + 1)
+    except (EOFError, OSError, lzma.LZMAError, zipfile.BadZipFile, tarfile.TarError) as e:
+        raise SourceError(f"truncated or corrupt {what}: {e}") from e
+    reading.take(len(data), what)
+    return data
+
+
+def _member_triples(data: bytes, member: str, reading: Reading) -> Triples:
+    reading.within.append(member)
+    try:
+        for key, text, meta in dispatch(data, member, reading):
+            inner = meta.get("member")
+            yield (
+                (f"{member}#{key}" if key else member),
+                text,
+                {**meta, "member": f"{member}!{inner}" if inner else member},
+            )
+    finally:
+        reading.within.pop()
+
+
+def member_name(name: str) -> tuple[str, str]:
+    """(the member's name without `.` components, why it is passed over or '' to read it).
+
+    Nothing is ever extracted to disk, but a `..` or absolute name is what a hostile archive looks
+    like, and a hidden file or macOS metadata is not a document: all are recorded, none read.
+    """
+    parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".")]
+    clean = "/".join(parts)
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+        return clean, "absolute path in the archive"
+    if ".." in parts:
+        return clean, "'..' in its path in the archive"
+    if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return clean, "hidden or metadata member"
+    if not suffix_of(parts[-1]):
+        return clean, "unknown file type"
+    return clean, ""
+
+
+def _open_zip(data: bytes, what: str, reading: Reading) -> zipfile.ZipFile:
+    """A zip whose entries and declared sizes fit the budget (zipfile never reads past a declared size)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as e:
-        raise SourceError(f"not a readable zip: {e}") from e
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise SourceError(f"not a readable {what}: {e}") from e
+    reading.count(len(infos), f"{what} members")
     declared = sum(i.file_size for i in infos)
-    if declared > budget().remaining:
+    if declared > reading.bytes_left:
         raise SourceError(
-            f"zip expands to {declared >> 20} MB, past the {budget().remaining >> 20} MB allowed (a zip bomb?)"
+            f"{what} expands to {declared >> 20} MB, past the {reading.bytes_left >> 20} MB allowed (a bomb?)"
         )
-    for info in sorted(infos, key=lambda i: i.filename):
-        if info.is_dir() or _skip_member(info.filename):
+    return archive
+
+
+@reader(".zip")
+def read_zip(data: bytes, name: str, reading: Reading) -> Triples:
+    archive = _open_zip(data, "zip", reading)
+    for info in sorted(archive.infolist(), key=lambda i: i.filename):
+        if info.is_dir():
             continue
-        with archive.open(info) as member:
-            content = _read_limited(member, "zip member")
-        yield from _member_triples(content, info.filename, options)
+        member, skip = member_name(info.filename)
+        if skip:
+            reading.skip(info.filename, skip)
+            continue
+        with archive.open(info) as stream:
+            content = _read_limited(stream, "zip member", reading)
+        yield from _member_triples(content, member, reading)
+
+
+def _tar_members(archive: tarfile.TarFile, reading: Reading) -> list[tarfile.TarInfo]:
+    """The regular files to read, listed within the budget: every header counts, every declared size too."""
+    members, declared = [], 0
+    for info in archive:
+        reading.count(1, "tar members")
+        if info.isdir():
+            continue
+        if not info.isfile():
+            reading.skip(info.name, "link or special file in the archive")
+            continue
+        declared += info.size
+        if declared > reading.bytes_left:
+            raise SourceError(f"tar expands to more than the {reading.bytes_left >> 20} MB allowed (a bomb?)")
+        members.append(info)
+    return members
 
 
 @reader(".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tzst")
-def read_tar(data: bytes, name: str, options: ReadOptions) -> Triples:
-    lower = name.lower()
-    if lower.endswith((".zst", ".tzst")):
-        data = _unzstd(data)
+def read_tar(data: bytes, name: str, reading: Reading) -> Triples:
+    if name.lower().endswith((".zst", ".tzst")):
+        data = _unzstd(data, reading)
     try:
         archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-        members = [m for m in archive.getmembers() if m.isfile() and not _skip_member(m.name)]
+        members = _tar_members(archive, reading)
     except (tarfile.TarError, EOFError, OSError, lzma.LZMAError) as e:
         raise SourceError(f"not a readable tar archive: {e}") from e
     for info in sorted(members, key=lambda m: m.name):
-        extracted = archive.extractfile(info)
-        if extracted is None:
+        member, skip = member_name(info.name)
+        if skip:
+            reading.skip(info.name, skip)
             continue
-        yield from _member_triples(_read_limited(extracted, "tar member"), info.name, options)
+        extracted = archive.extractfile(info)
+        if extracted is not None:
+            yield from _member_triples(_read_limited(extracted, "tar member", reading), member, reading)
 
 
-def _unzstd(data: bytes) -> bytes:
+def _unzstd(data: bytes, reading: Reading) -> bytes:
     import zstandard
 
-    return _read_limited(zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)), "zstd stream")
+    stream = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+    return _read_limited(stream, "zstd stream", reading)
 
 
 @reader(".gz", ".bz2", ".xz", ".zst")
-def read_compressed(data: bytes, name: str, options: ReadOptions) -> Triples:
+def read_compressed(data: bytes, name: str, reading: Reading) -> Triples:
     """One compressed file: decompress, then read it as what its inner name says (x.jsonl.gz → JSON lines)."""
     inner, _, kind = name.rpartition(".")
     kind = kind.lower()
     if kind == "zst":
-        plain = _unzstd(data)
+        plain = _unzstd(data, reading)
     else:
         opener = {"gz": gzip.GzipFile, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}[kind]
-        plain = _read_limited(opener(fileobj=io.BytesIO(data)), f"{kind} stream")
-    yield from dispatch(plain, inner, options)
+        plain = _read_limited(opener(fileobj=io.BytesIO(data)), f"{kind} stream", reading)
+    yield from dispatch(plain, inner, reading)
 
 
 # ------------------------------------------------------------------ tables
 
 
+def _parquet_text_bytes(table_file, text_field: str) -> tuple[int, int]:
+    """(uncompressed bytes of the text column in the whole file, in its largest row group), from the footer."""
+    meta = table_file.metadata
+    sizes = []
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        sizes.append(
+            sum(
+                group.column(c).total_uncompressed_size
+                for c in range(group.num_columns)
+                if group.column(c).path_in_schema == text_field
+            )
+        )
+    return sum(sizes), max(sizes, default=0)
+
+
 @reader(".parquet")
-def read_parquet(data: bytes, name: str, options: ReadOptions) -> Triples:
+def read_parquet(data: bytes, name: str, reading: Reading) -> Triples:
+    """One document per row. The footer's row count and sizes are checked first; then every batch's
+    text is paid for before it becomes Python strings, in batches small enough that even one huge
+    value repeated by a dictionary cannot pass the budget unpaid."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    text_field, id_field = reading.options.text_field, reading.options.id_field
     try:
         table_file = pq.ParquetFile(pa.BufferReader(data))
     except pa.ArrowException as e:
         raise SourceError(f"not a readable Parquet file: {e}") from e
     names = table_file.schema_arrow.names
-    if options.text_field not in names:
+    if text_field not in names:
         raise SourceError(
-            f"has no {options.text_field!r} column (columns: {', '.join(names[:10])}); see --text-field"
+            f"has no {text_field!r} column (columns: {', '.join(names[:10])}); see --text-field"
         )
-    columns = [options.text_field] + ([options.id_field] if options.id_field in names else [])
+    reading.count(table_file.metadata.num_rows, "Parquet rows")
+    total, largest = _parquet_text_bytes(table_file, text_field)
+    if total > reading.bytes_left:
+        raise SourceError(f"Parquet text of {total >> 20} MB, past the {reading.bytes_left >> 20} MB allowed")
+    columns = [text_field] + ([id_field] if id_field in names else [])
+    batch_size = max(1, min(1024, reading.bytes_left // max(largest, 1)))
     row = 0
-    for batch in table_file.iter_batches(columns=columns, batch_size=1024):
+    for batch in table_file.iter_batches(columns=columns, batch_size=batch_size):
+        texts = batch.column(0)
+        if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type):
+            reading.take(pc.sum(pc.binary_length(texts)).as_py() or 0, "Parquet text")
         for record in batch.to_pylist():
             row += 1
             meta: dict = {"row": row}
-            if record.get(options.id_field) is not None:
-                meta["source_id"] = str(record[options.id_field])
-            text = record[options.text_field]
+            if record.get(id_field) is not None:
+                meta["source_id"] = str(record[id_field])
+            text = record[text_field]
             if not isinstance(text, str):
-                meta["invalid"] = f"no_{options.text_field}_field"
+                meta["invalid"] = f"no_{text_field}_field"
                 text = ""
             yield str(row), text, meta
 
@@ -146,31 +348,38 @@ def read_parquet(data: bytes, name: str, options: ReadOptions) -> Triples:
 
 
 @reader(".html", ".htm", ".xhtml")
-def read_html(data: bytes, name: str, options: ReadOptions) -> Triples:
+def read_html(data: bytes, name: str, reading: Reading) -> Triples:
     html, encoding = decode_html(data)
     title, text = extract(html)
     yield "", text, {"encoding": encoding, "format": "html", "title": title}
 
 
 @reader(".pdf")
-def read_pdf(data: bytes, name: str, options: ReadOptions) -> Triples:
+def read_pdf(data: bytes, name: str, reading: Reading) -> Triples:
+    """Text of every page; each page's text is paid for, so a PDF of compressed pages stops at the budget."""
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
+    pages = []
     try:
         pdf = PdfReader(io.BytesIO(data))
         if pdf.is_encrypted:
             raise SourceError("encrypted PDF")
-        pages = [page.extract_text() or "" for page in pdf.pages]
+        for page in pdf.pages:
+            pages.append(page.extract_text() or "")
+            reading.take(len(pages[-1].encode("utf-8", "surrogatepass")), "PDF text")
     except (PyPdfError, ValueError, KeyError, TypeError) as e:
         raise SourceError(f"not a readable PDF: {e}") from e
     yield "", "\n\n".join(p.strip() for p in pages if p.strip()), {"format": "pdf", "pages": len(pages)}
 
 
 @reader(".docx")
-def read_docx(data: bytes, name: str, options: ReadOptions) -> Triples:
+def read_docx(data: bytes, name: str, reading: Reading) -> Triples:
+    """python-docx unpacks the zip itself, so its declared sizes are paid for before it does."""
     import docx
 
+    archive = _open_zip(data, "DOCX", reading)
+    reading.take(sum(i.file_size for i in archive.infolist()), "DOCX")
     try:
         document = docx.Document(io.BytesIO(data))
     except (zipfile.BadZipFile, KeyError, ValueError) as e:
@@ -183,10 +392,14 @@ def read_docx(data: bytes, name: str, options: ReadOptions) -> Triples:
 
 
 @reader(".epub")
-def read_epub(data: bytes, name: str, options: ReadOptions) -> Triples:
-    """An EPUB is a zip of XHTML chapters; the OPF spine gives their reading order. One book, one document."""
+def read_epub(data: bytes, name: str, reading: Reading) -> Triples:
+    """An EPUB is a zip of XHTML chapters; the OPF spine gives their reading order. One book, one document.
+
+    Every chapter read is paid for, each time the spine names it: a spine that repeats one
+    chapter a thousand times stops at the budget.
+    """
+    book = _open_zip(data, "EPUB", reading)
     try:
-        book = zipfile.ZipFile(io.BytesIO(data))
         container = ET.fromstring(book.read("META-INF/container.xml"))
         opf_path = next(e.get("full-path") for e in container.iter() if e.tag.endswith("rootfile"))
         opf = ET.fromstring(book.read(opf_path))
@@ -195,11 +408,12 @@ def read_epub(data: bytes, name: str, options: ReadOptions) -> Triples:
     base = opf_path.rpartition("/")[0]
     manifest = {e.get("id"): e.get("href") for e in opf.iter() if e.tag.endswith("item")}
     spine = [manifest.get(e.get("idref")) for e in opf.iter() if e.tag.endswith("itemref")]
+    reading.count(len(spine), "EPUB chapters")
     chapters = []
     for href in filter(None, spine):
-        path = f"{base}/{href}" if base else href
         try:
-            chapter = book.read(path)
+            with book.open(f"{base}/{href}" if base else href) as stream:
+                chapter = _read_limited(stream, "EPUB chapter", reading)
         except KeyError:
             continue
         chapters.append(extract(decode_html(chapter)[0])[1])
@@ -207,7 +421,7 @@ def read_epub(data: bytes, name: str, options: ReadOptions) -> Triples:
 
 
 @reader(".fb2")
-def read_fb2(data: bytes, name: str, options: ReadOptions) -> Triples:
+def read_fb2(data: bytes, name: str, reading: Reading) -> Triples:
     """FictionBook 2: XML with <body><section><p>…; the XML declaration names the encoding (often cp1251)."""
     try:
         root = ET.fromstring(data)
@@ -292,7 +506,7 @@ def roff_to_text(source: str) -> str:
 
 
 @reader(".man", ".1", ".2", ".3", ".4", ".5", ".6", ".7", ".8", ".9")
-def read_man(data: bytes, name: str, options: ReadOptions) -> Triples:
+def read_man(data: bytes, name: str, reading: Reading) -> Triples:
     text, encoding = decode(data)
     if not re.search(r"^[.'](TH|SH|Dd|Dt)\b", text, re.M):
         raise SourceError("not a man page (no .TH or .SH request)")
@@ -303,13 +517,14 @@ def read_man(data: bytes, name: str, options: ReadOptions) -> Triples:
 
 
 @reader(".warc", ".warc.gz")
-def read_warc(data: bytes, name: str, options: ReadOptions) -> Triples:
+def read_warc(data: bytes, name: str, reading: Reading) -> Triples:
     """Every HTTP response with an HTML or plain-text body, one document each; the URL goes to meta."""
     from warcio.archiveiterator import ArchiveIterator
     from warcio.exceptions import ArchiveLoadFailed
 
     try:
         for record in ArchiveIterator(io.BytesIO(data)):
+            reading.count(1, "WARC records")
             if record.rec_type != "response" or record.http_headers is None:
                 continue
             content_type = (record.http_headers.get_header("Content-Type") or "").lower()
@@ -317,7 +532,7 @@ def read_warc(data: bytes, name: str, options: ReadOptions) -> Triples:
                 continue
             url = record.rec_headers.get_header("WARC-Target-URI") or ""
             key = record.rec_headers.get_header("WARC-Record-ID") or url
-            body = _read_limited(record.content_stream(), "WARC record")
+            body = _read_limited(record.content_stream(), "WARC record", reading)
             if "html" in content_type:
                 html, encoding = decode_html(body)
                 title, text = extract(html)

@@ -1,60 +1,33 @@
 """Sources to documents: find the files, hash them, and read each into documents.
 
 `find_sources` expands directories (recursively), globs and files into a sorted list of `Source`s
-with their hashes, which is what names and identifies a corpus. `read_source` turns one source into
-`Document`s through the reader its name calls for. A file that cannot be read raises `SourceError`;
-the pipeline records it and goes on. A document that is read but has nothing usable (no text field,
-an empty file) still comes out, marked with `meta["invalid"]`, so that it is counted and dropped.
+with their hashes, which is what names and identifies a corpus. It stays inside the roots it is
+given: a link that leads out of them, or to a directory, is passed over and recorded unless the
+run follows links. `read_source` turns one source into `Document`s through the reader its name
+calls for (formats.py), within the source's budget. A file that cannot be read raises
+`SourceError`; the pipeline records it and goes on. A document that is read but has nothing usable
+(no text field, an empty file) still comes out, marked with `meta["invalid"]`, so that it is
+counted and dropped.
 """
 
 from __future__ import annotations
 
-import contextvars
 import glob
-import json
 import os
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autarky.artifact import sha256_file
 from autarky.console import UserError
-from autarky.data.decode import decode, looks_binary
-from autarky.data.document import Document, document_id
+from autarky.data.document import Document, document_id, valid_unicode
+from autarky.data.formats import READERS, Reading, ReadOptions, SourceError, dispatch, suffix_of
 from autarky.data.steps import Filter
 
+__all__ = ["ReadCheck", "ReadOptions", "Source", "SourceError", "find_sources", "read_source"]
+
 MAX_FILE_BYTES = 1 << 30  # one source file as it lies on disk
-MAX_EXPANSION = 100  # a source may decompress to 100 times its size, within these bounds:
-MIN_BUDGET, MAX_BUDGET = 256 << 20, 4 << 30
-
-
-class SourceError(Exception):
-    """A source file that cannot be read; the message is the reason recorded in the error list."""
-
-
-class Budget:
-    """How many decompressed bytes one source may still produce: what stops a zip bomb."""
-
-    def __init__(self, limit: int) -> None:
-        self.remaining = limit
-
-    def take(self, n: int) -> None:
-        if n > self.remaining:
-            raise SourceError("decompresses to more than allowed (a zip bomb?)")
-        self.remaining -= n
-
-
-_budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("budget", default=None)
-
-
-def budget() -> Budget:
-    """The budget of the source being read (a fresh one outside `read_source`, as in tests)."""
-    current = _budget.get()
-    if current is None:
-        current = Budget(MAX_FILE_BYTES)
-        _budget.set(current)
-    return current
+NOT_FOLLOWED = "link out of the source tree, not followed (--follow-links reads it)"
 
 
 @dataclass(frozen=True)
@@ -69,72 +42,86 @@ class Source:
     location: str = ""  # absolute, so that a worker in another directory reads it (default: `path`)
 
 
-@dataclass(frozen=True)
-class ReadOptions:
-    text_field: str = "text"
-    id_field: str = "id"
-
-
-# A reader takes the raw bytes and yields (member-or-index key, text, extra meta) per document.
-Reader = Callable[[bytes, str, ReadOptions], Iterator[tuple[str, str, dict]]]
-READERS: dict[str, Reader] = {}
-
-
-def reader(*suffixes: str) -> Callable[[Reader], Reader]:
-    def register(fn: Reader) -> Reader:
-        for suffix in suffixes:
-            READERS[suffix] = fn
-        return fn
-
-    return register
-
-
-def suffix_of(name: str) -> str:
-    """The longest registered suffix of a file name, lower-cased ('' when none is)."""
-    lower = name.lower()
-    for suffix in sorted(READERS, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return suffix
-    return ""
-
-
 # ------------------------------------------------------------------ finding the sources
 
 
-def _walk(directory: Path) -> Iterator[Path]:
-    """Files under a directory, sorted, not following links to directories (no loops), no hidden ones."""
-    for root, dirs, files in os.walk(directory, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+def _inside(path: Path, root: str) -> bool:
+    """Whether `path`, every link in it resolved, lies under the real directory `root`."""
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _walk(top: Path, root: str, follow_links: bool) -> Iterator[tuple[Path, str]]:
+    """(path, '') for each file under `top`, sorted, or (path, why it is passed over).
+
+    Hidden entries are passed over; so are links to directories and links out of `root`, unless
+    `follow_links`, which walks into linked directories too (each real directory once: no loops).
+    """
+    seen: set[str] = set()
+    for current, dirs, files in os.walk(top, followlinks=follow_links):
+        seen.add(os.path.realpath(current))
+        kept = []
+        for name in sorted(dirs):
+            path = Path(current) / name
+            if name.startswith("."):
+                yield path, "hidden"
+            elif path.is_symlink() and not follow_links:
+                yield path, "link to a directory, not followed (--follow-links walks it)"
+            elif os.path.realpath(path) in seen:
+                yield path, "link loop"
+            else:
+                kept.append(name)
+        dirs[:] = kept
         for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(root) / name
+            path = Path(current) / name
+            if name.startswith("."):
+                yield path, "hidden"
+            elif not follow_links and path.is_symlink() and not _inside(path, root):
+                yield path, NOT_FOLLOWED
+            else:
+                yield path, ""
 
 
-def expand(paths: list[Path]) -> tuple[list[Path], list[dict]]:
-    """The files to read, and the files passed over: [{path, reason}] (unknown type, unreadable)."""
+def _literal_root(pattern: Path) -> Path:
+    """The part of a glob before its first wildcard: the root its matches must stay under."""
+    root = pattern
+    while glob.has_magic(str(root)):
+        root = root.parent
+    return root
+
+
+def expand(path: Path, follow_links: bool = False) -> tuple[list[Path], list[dict]]:
+    """The files to read under one argument, and those passed over: [{path, reason}].
+
+    A file named on its own is read whatever its suffix and wherever a link points: it was asked for.
+    """
+    if not path.exists() and glob.has_magic(str(path)):
+        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        if not matches:
+            raise UserError(f"no file matches {str(path)!r}")
+        root = os.path.realpath(_literal_root(path))
+    elif path.is_dir():
+        matches, root = [path], os.path.realpath(path)
+    elif path.exists() or path.is_symlink():
+        return [path], []
+    else:
+        raise UserError(f"{path} does not exist")
+    found: list[tuple[Path, str]] = []
+    for match in matches:
+        if not follow_links and not _inside(match, root):
+            found.append((match, NOT_FOLLOWED))
+        elif match.is_dir():
+            found += _walk(match, root, follow_links)
+        else:
+            found.append((match, ""))
     files: list[Path] = []
     skipped: list[dict] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists() and glob.has_magic(str(path)):
-            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-            if not matches:
-                raise UserError(f"no file matches {str(path)!r}")
-            candidates = []
-            for m in matches:
-                candidates += list(_walk(m)) if m.is_dir() else [m]
-        elif path.is_dir():
-            candidates = list(_walk(path))
-        elif path.exists() or path.is_symlink():
-            files.append(path)  # named explicitly: read it whatever its suffix
-            continue
+    for f, reason in found:
+        reason = reason or ("" if suffix_of(f.name) else "unknown file type")
+        if reason:
+            skipped.append({"path": valid_unicode(f.as_posix()), "reason": reason})
         else:
-            raise UserError(f"{path} does not exist")
-        for f in candidates:
-            if suffix_of(f.name):
-                files.append(f)
-            else:
-                skipped.append({"path": _valid_unicode(f.as_posix()), "reason": "unknown file type"})
+            files.append(f)
     return files, skipped
 
 
@@ -142,8 +129,9 @@ def find_sources(
     paths: list[Path],
     tags: dict[str, str] | None = None,
     source_tags: dict[str, dict[str, str]] | None = None,
+    follow_links: bool = False,
 ) -> tuple[list[Source], list[dict], list[dict]]:
-    """Expand and hash the inputs: (sources in a stable order, files of unknown type, files unreadable).
+    """Expand and hash the inputs: (sources in a stable order, files passed over, files unreadable).
 
     A file is named by its path under the argument it was found through, prefixed by that argument
     as given (`docs/a/b.txt` for `docs`; a file named on its own, as given), never by where the
@@ -161,7 +149,7 @@ def find_sources(
     skipped: list[dict] = []
     chosen: dict[str, tuple[Path, dict]] = {}  # absolute path (links not followed) → (path as found, tags)
     for given in paths:
-        found, passed_over = expand([given])
+        found, passed_over = expand(Path(given), follow_links)
         skipped += passed_over
         for f in found:
             chosen.setdefault(
@@ -172,7 +160,7 @@ def find_sources(
     seen: dict[str, int] = {}
     names: set[str] = set()
     for location, (f, file_tags) in sorted(chosen.items(), key=lambda item: item[1][0].as_posix()):
-        name = base = _valid_unicode(f.as_posix())
+        name = base = valid_unicode(f.as_posix())
         while name in names:  # only a file name's undecodable bytes, written out, can match another's
             name = f"{base}#{len(names)}"
         names.add(name)
@@ -197,8 +185,13 @@ def find_sources(
 # ------------------------------------------------------------------ reading one source
 
 
-def read_source(source: Source, options: ReadOptions) -> Iterator[Document]:
-    """The documents of one source file; raises SourceError when the file cannot be read."""
+def read_source(
+    source: Source, options: ReadOptions, passed_over: list[dict] | None = None
+) -> Iterator[Document]:
+    """The documents of one source file; raises SourceError when the file cannot be read or passes its budget.
+
+    Archive members not read are appended to `passed_over` as {path, reason} once the source is read.
+    """
     try:
         with open(source.location or source.path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
@@ -206,96 +199,44 @@ def read_source(source: Source, options: ReadOptions) -> Iterator[Document]:
         raise SourceError(f"cannot read: {e.strerror or e}") from e
     if len(data) > MAX_FILE_BYTES:
         raise SourceError(f"larger than {MAX_FILE_BYTES >> 20} MB")
-    token = _budget.set(Budget(min(MAX_BUDGET, max(MIN_BUDGET, MAX_EXPANSION * len(data)))))
+    reading = Reading(source.path, len(data), options)
     try:
-        tags = dict(source.tags)
-        for key, text, meta in dispatch(data, source.path, options):
+        for key, text, meta in dispatch(data, source.path, reading):
             member = meta.get("member")
-            meta = {k: _valid_unicode(v) if isinstance(v, str) else v for k, v in meta.items()}
             yield Document(
                 id=document_id(source.sha256, source.copy, key),
-                text=_valid_unicode(text),
-                source=_valid_unicode(f"{source.path}!{member}" if member else source.path),
+                text=valid_unicode(text),
+                source=valid_unicode(f"{source.path}!{member}" if member else source.path),
                 source_sha256=source.sha256,
-                tags=dict(tags),
-                meta=meta,
+                tags=dict(source.tags),
+                meta={k: valid_unicode(v) if isinstance(v, str) else v for k, v in meta.items()},
             )
     finally:
-        _budget.reset(token)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _valid_unicode(text: str) -> str:
-    """Text Parquet and JSON files can hold (UTF-8): a file name's undecodable bytes become `\\xff`, other
-    lone surrogates (a JSON `\\ud800`) U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-
-
-def dispatch(data: bytes, name: str, options: ReadOptions) -> Iterator[tuple[str, str, dict]]:
-    """(key, text, meta) for each document in `data`, by the reader its file name calls for."""
-    suffix = suffix_of(name)
-    read = READERS.get(suffix, read_text)
-    for key, text, meta in read(data, name, options):
-        meta.setdefault("format", suffix.lstrip(".") or "text")
-        yield key, text, meta
-
-
-@reader(".txt", ".md", ".markdown", ".text", ".rst")
-def read_text(data: bytes, name: str, options: ReadOptions) -> Iterator[tuple[str, str, dict]]:
-    """A plain text file is one document."""
-    if looks_binary(data):
-        raise SourceError("binary data, not text")
-    text, encoding = decode(data)
-    yield "", text, {"encoding": encoding}
-
-
-@reader(".jsonl", ".ndjson")
-def read_jsonl(data: bytes, name: str, options: ReadOptions) -> Iterator[tuple[str, str, dict]]:
-    """One JSON object per line: the text in `options.text_field`; `options.id_field` kept as `source_id`."""
-    text, encoding = decode(data)
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            yield str(number), "", {"invalid": "bad_json", "line": number}
-            continue
-        if not isinstance(record, dict):
-            yield str(number), "", {"invalid": "bad_json", "line": number}
-            continue
-        meta = {"line": number}
-        if isinstance(record.get(options.id_field), str | int):
-            meta["source_id"] = record[options.id_field]
-        value = record.get(options.text_field)
-        if not isinstance(value, str):
-            yield str(number), "", {**meta, "invalid": f"no_{options.text_field}_field"}
-            continue
-        yield str(number), value, meta
-
-
-from autarky.data import formats  # noqa: E402,F401  (registers the other readers)
+        if passed_over is not None:
+            passed_over += reading.skipped
 
 
 class ReadCheck(Filter):
-    """Drops what a reader marked unusable (no text field, bad JSON line) and documents with no text."""
+    """Drops what a reader marked unusable (no text field, bad JSON line), documents with no text, and
+    documents longer than `max_chars`, which no later step should have to hold.
+
+    A document too long is kept in the dropped rows cut to `max_chars`, its length in `meta["chars"]`.
+    """
 
     name = "read"
+
+    def __init__(self, max_chars: int = 10_000_000) -> None:
+        super().__init__()
+        self.max_chars = max_chars
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         invalid = doc.meta.pop("invalid", None)
         if invalid:
             return False, invalid
+        if len(doc.text) > self.max_chars:
+            doc.meta["chars"] = len(doc.text)
+            doc.text = doc.text[: self.max_chars]
+            return False, "too_long"
         if not doc.text.strip():
             return False, "empty"
         return True

@@ -9,8 +9,39 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 from autarky.data.document import Document
+
+
+@dataclass
+class StepStats:
+    """What one step counted (`total`, `forwarded`, `dropped_<reason>`, …) and the seconds it took.
+
+    Two add up, so the reports of every worker and batch sum into the run's, whatever ran them.
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __add__(self, other: StepStats) -> StepStats:
+        counts = dict(self.counts)
+        for key, n in other.counts.items():
+            counts[key] = counts.get(key, 0) + n
+        return StepStats(counts, self.seconds + other.seconds)
+
+    def as_dict(self) -> dict:
+        """The shape the manifest and stats.json hold: {"stats": counts, "seconds": seconds}."""
+        return {"stats": dict(self.counts), "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StepStats:
+        return cls(dict(data["stats"]), data["seconds"])
+
+
+def add_stats(into: dict[str, StepStats], more: dict[str, StepStats]) -> dict[str, StepStats]:
+    """Step-by-step sum of two {step name: StepStats}, in the order the steps first appear."""
+    return {name: into.get(name, StepStats()) + more.get(name, StepStats()) for name in into | more}
 
 
 class Step:
@@ -45,8 +76,8 @@ class Step:
             self.stats["forwarded"] += 1
         return result
 
-    def report(self) -> dict:
-        return {"stats": dict(self.stats), "seconds": self.seconds}
+    def report(self) -> StepStats:
+        return StepStats(dict(self.stats), self.seconds)
 
 
 class Filter(Step):
@@ -85,18 +116,13 @@ def run_steps(doc: Document, steps: list[Step]) -> tuple[Document | None, str, s
     return doc, "", ""
 
 
-def merge_reports(into: dict, report: dict) -> dict:
-    """Add one worker's step reports ({step: {stats, seconds}}) into a running total."""
-    for name, r in report.items():
-        total = into.setdefault(name, {"stats": {}, "seconds": 0.0})
-        for key, n in r["stats"].items():
-            total["stats"][key] = total["stats"].get(key, 0) + n
-        total["seconds"] += r["seconds"]
-    return into
-
-
 class GlobalStep(Step):
-    """A step that must see every document at once (dedup); it marks drops in bulk and counts them."""
+    """A step that must see every document at once (dedup); it marks drops in bulk and counts them.
+
+    `reason` names what it drops, for the dropped rows and the manifest.
+    """
+
+    reason: str = "dropped"
 
     def count(self, total: int, dropped: dict[str, int], seconds: float) -> None:
         self.stats["total"] += total

@@ -1,0 +1,145 @@
+"""Where a run's tasks execute: in this process, a local process pool, or Ray. The steps never know which.
+
+An executor takes a picklable function and a list of tasks and returns the function's results in
+task order, calling `on_done(task)` as each finishes; which engine ran them changes how fast, never
+what is made, so none of this enters a recipe. Ray starts here bound to the loopback address, and
+reaches another machine only when the run names its address: an environment variable left set by
+someone else (`$RAY_ADDRESS`) never sends a corpus elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any
+
+from autarky.console import UserError
+from autarky.machine import available_cores
+
+ENGINES = ("local", "ray")
+# Ray's own switch for a one-machine Ray: with it off, the node's address is 127.0.0.1 and every
+# Ray server (GCS, raylet, workers, agents) listens there rather than on all interfaces.
+RAY_LOOPBACK_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@dataclass
+class Executor:
+    """How a run is spread over processes and machines."""
+
+    engine: str = field(default="local", metadata={"help": "local (a process pool on this machine) or ray."})
+    workers: int = field(
+        default=0, metadata={"help": "Worker processes, 1 or more (0: every core this process may use)."}
+    )
+    ray_address: str = field(
+        default="",
+        metadata={
+            "help": "With --engine ray: the Ray cluster to run on (host:port or ray://host:port). "
+            "Default: a Ray started on this machine, listening on 127.0.0.1 only; $RAY_ADDRESS is ignored."
+        },
+    )
+
+    def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise UserError(f"--engine is one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be 1 or more, not {self.workers}")
+        if self.ray_address and self.engine != "ray":
+            raise UserError("--ray-address needs --engine ray")
+
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence, on_done: Callable[[Any], None]) -> list:
+        """`fn(task)` for every task, results in task order; `on_done(task)` as each finishes."""
+        self.validate()
+        workers = self.workers or available_cores()
+        if self.engine == "ray":
+            return run_ray(fn, tasks, workers, on_done, self.ray_address)
+        return run_local(fn, tasks, workers, on_done)
+
+
+def run_local(fn: Callable, tasks: Sequence, workers: int, on_done: Callable) -> list:
+    """In a process pool on this machine; inline, without one, for one worker or one task."""
+    results: list = [None] * len(tasks)
+    if workers <= 1 or len(tasks) <= 1:
+        for i, task in enumerate(tasks):
+            results[i] = fn(task)
+            on_done(task)
+        return results
+    # forkserver: workers must not inherit the progress bar's thread or a half-held lock.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
+        futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()
+            on_done(tasks[i])
+    return results
+
+
+def run_ray(fn: Callable, tasks: Sequence, workers: int, on_done: Callable, address: str = "") -> list:
+    """The same function as Ray tasks, one CPU each.
+
+    On a cluster, what the tasks read and write (sources, the staging directory) must be on storage
+    every node sees (NFS, a shared mount).
+    """
+    with ray_session(workers, address) as ray:
+        remote = ray.remote(num_cpus=1)(fn)
+        pending = {remote.remote(task): i for i, task in enumerate(tasks)}
+        results: list = [None] * len(tasks)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                i = pending.pop(ref)
+                results[i] = ray.get(ref)
+                on_done(tasks[i])
+        return results
+
+
+@contextmanager
+def ray_session(workers: int, address: str = "") -> Iterator[Any]:
+    """Ray for one run: the cluster at `address` when one is named, else a Ray of `workers` CPUs started
+    here on 127.0.0.1 and shut down after. A Ray this process already runs is used as it is."""
+    try:
+        import ray
+    except ImportError as e:
+        raise UserError("--engine ray needs Ray: pip install 'autarky[cluster]'") from e
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry: nothing leaves the building
+    if ray.is_initialized():
+        yield ray
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        _start_loopback_ray(ray, workers)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _start_loopback_ray(ray: Any, workers: int) -> None:
+    """A new local Ray (`address="local"`: never $RAY_ADDRESS) whose servers all listen on 127.0.0.1.
+
+    `ray.init` turns a `_node_ip_address` of 127.0.0.1 into the machine's outward address, so the
+    loopback flag is set instead: in the environment the Ray processes inherit, and in Ray's constant
+    in case Ray was imported before it. Both are restored once Ray is up.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_constant = os.environ.get(RAY_LOOPBACK_FLAG), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_LOOPBACK_FLAG], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        ray.init(
+            address="local",
+            num_cpus=workers,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved_env is None:
+            os.environ.pop(RAY_LOOPBACK_FLAG, None)
+        else:
+            os.environ[RAY_LOOPBACK_FLAG] = saved_env
