@@ -2,8 +2,15 @@
 
 An artifact is a directory `<workdir>/<kind>/<name>/` with its files and a `manifest.json` written
 last and atomically; a directory without a manifest is unfinished and never read as input.
-The manifest's `id` is the sha256 of the canonical JSON of kind, config, input ids and file hashes,
-so two artifacts with the same id hold the same thing made the same way.
+
+Two hashes make a manifest tamper-evident without making identical runs differ:
+- `id`: the sha256 of what the artifact is and what it was made from (schema, kind, config, input
+  ids, source hashes, file hashes). Identical runs give identical ids, whenever and however they ran.
+- `seal`: the sha256 of the whole manifest but the seal itself: the id, names, created, network,
+  producer, metrics, recipe, source paths, and the seals of the inputs. Since every input is named by
+  its seal, the seal of the last artifact covers the whole lineage, down to every source file.
+`verify` recomputes both, re-hashes every file and names anything not listed, so no field, file or
+input can change unnoticed unless whoever changes it recomputes every hash downstream too.
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autarky import __version__
+from autarky import __version__, offline
 from autarky.console import UserError
 
-SCHEMA = "autarky.manifest/1"
+SCHEMA = "autarky.manifest/2"
+OLD_SCHEMA = "autarky.manifest/1"  # an id over kind, config, input ids and files only; no seal
 MANIFEST = "manifest.json"
 KINDS = ("corpus", "tokenizer", "tokens", "model", "eval")
 
@@ -58,10 +66,20 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def artifact_id(kind: str, config: dict, inputs: list[dict], files: dict) -> str:
-    return sha256_bytes(
-        canonical_json({"kind": kind, "config": config, "inputs": [i["id"] for i in inputs], "files": files})
-    )
+def content_id(manifest: dict) -> str:
+    """The id: what the artifact is and what made it, and nothing that differs between identical runs."""
+    if manifest["schema"] == OLD_SCHEMA:
+        covered = {"kind": manifest["kind"], "config": manifest["config"], "files": manifest["files"]}
+        return sha256_bytes(canonical_json({**covered, "inputs": [i["id"] for i in manifest["inputs"]]}))
+    covered = {key: manifest[key] for key in ("schema", "kind", "config", "files")}
+    covered["inputs"] = [i["id"] for i in manifest["inputs"]]
+    covered["sources"] = [s["sha256"] for s in manifest["sources"]]
+    return sha256_bytes(canonical_json(covered))
+
+
+def seal_of(manifest: dict) -> str:
+    """The seal: every field of the manifest but the seal itself, `created` and the inputs' seals included."""
+    return sha256_bytes(canonical_json({k: v for k, v in manifest.items() if k != "seal"}))
 
 
 def recipe_key(kind: str, config: dict, inputs: list[dict], sources: list[dict] | None = None) -> str:
@@ -136,11 +154,51 @@ class Artifact:
         return self.path.parent.parent
 
     def ref(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "id": self.id}
+        """How a later artifact names this one: by content (`id`) and by this very manifest (`seal`)."""
+        return {"kind": self.kind, "name": self.name, "id": self.id, "seal": self.manifest.get("seal")}
 
     def inputs(self, kind: str | None = None) -> list[Artifact]:
-        found = [load(self.workspace / i["kind"] / i["name"]) for i in self.manifest.get("inputs", [])]
+        found = [load(input_dir(self.workspace, i)) for i in self.manifest["inputs"]]
         return [a for a in found if kind is None or a.kind == kind]
+
+
+def is_plain_name(name: Any) -> bool:
+    """A name that stays one directory down: no separators, no `..`, not hidden."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and not name.startswith(".")
+        and not set(name) & {"/", "\\", "\0"}
+    )
+
+
+def input_dir(workspace: Path, ref: dict) -> Path:
+    """Where an input lives, `<workspace>/<kind>/<name>`, refusing any that would lead out of the workspace."""
+    kind, name = ref.get("kind"), ref.get("name")
+    if not (is_plain_name(kind) and is_plain_name(name)):
+        raise UserError(f"the input {kind!r}/{name!r} is not a kind/name inside the workspace")
+    path = Path(workspace) / kind / name
+    if path.resolve() != Path(workspace).resolve() / kind / name:  # a linked directory, in or out
+        raise UserError(f"the input {kind}/{name} is reached through a symbolic link, to {path.resolve()}")
+    return path
+
+
+REQUIRED = {
+    SCHEMA: (
+        "kind",
+        "name",
+        "id",
+        "seal",
+        "recipe",
+        "created",
+        "network",
+        "inputs",
+        "sources",
+        "config",
+        "files",
+    ),
+    OLD_SCHEMA: ("kind", "name", "id", "inputs", "config", "files"),
+}
 
 
 def load(path: Path | str, kind: str | None = None) -> Artifact:
@@ -161,11 +219,30 @@ def load(path: Path | str, kind: str | None = None) -> Artifact:
         raise UserError(
             f"{manifest_path} is not valid JSON ({e}); the artifact is damaged, re-run its stage"
         ) from e
-    if manifest.get("schema") != SCHEMA:
-        raise UserError(f"{manifest_path} is not an autarky manifest (schema {manifest.get('schema')!r})")
+    schema = manifest.get("schema") if isinstance(manifest, dict) else None
+    if schema not in REQUIRED:
+        raise UserError(f"{manifest_path} is not an autarky manifest (schema {schema!r})")
+    missing = [key for key in REQUIRED[schema] if key not in manifest]
+    if missing or not _well_formed(manifest):
+        what = f"lacks {', '.join(missing)}" if missing else "has fields of the wrong shape"
+        raise UserError(f"{manifest_path} {what}; the artifact is damaged, re-run its stage")
     if kind is not None and manifest["kind"] != kind:
         raise UserError(f"{path} is a {manifest['kind']}, but a {kind} is needed here")
     return Artifact(path.resolve(), manifest)
+
+
+def _well_formed(manifest: dict) -> bool:
+    """The shapes verify relies on, so that a forged manifest is named as damaged, never a crash."""
+    refs = manifest["inputs"]
+    files = manifest["files"]
+    return (
+        isinstance(refs, list)
+        and all(isinstance(r, dict) and {"kind", "name", "id"} <= r.keys() for r in refs)
+        and isinstance(files, dict)
+        and all(isinstance(f, dict) and isinstance(f.get("sha256"), str) for f in files.values())
+        and isinstance(manifest.get("sources", []), list)
+        and all(isinstance(s, dict) and "sha256" in s for s in manifest.get("sources", []))
+    )
 
 
 def resolve(workdir: Path, ref: str, kind: str) -> Artifact:
@@ -197,12 +274,38 @@ def list_workspace(workdir: Path) -> tuple[list[Artifact], list[Path]]:
     return finished, unfinished
 
 
+def scan(directory: Path) -> tuple[list[str], dict[str, str]]:
+    """Every regular file under `directory`, dot-files included, and what is there that is not one.
+
+    Symbolic links, to files or directories, are never followed: they are named instead, with pipes,
+    sockets and devices. The manifest itself is not among the files.
+    """
+    files, odd = [], {}
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        with os.scandir(Path(directory) / prefix) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if entry.is_symlink():
+                    odd[rel] = f"is a symbolic link (to {os.readlink(entry.path)})"
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(rel + "/")
+                elif not entry.is_file(follow_symlinks=False):
+                    odd[rel] = "is not a regular file (a pipe, socket or device)"
+                elif rel != MANIFEST:
+                    files.append(rel)
+    return sorted(files), odd
+
+
 def hash_files(directory: Path) -> dict[str, dict]:
-    files = {}
-    for p in sorted(directory.rglob("*")):
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(f".{MANIFEST}"):
-            files[p.relative_to(directory).as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    return files
+    """{relative path: {sha256, bytes}} of an artifact's files; an artifact holds regular files only."""
+    files, odd = scan(directory)
+    if odd:
+        rel, what = min(odd.items())
+        raise UserError(f"{Path(directory) / rel} {what}; an artifact holds regular files only")
+    paths = {rel: Path(directory) / rel for rel in files}
+    return {rel: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for rel, p in paths.items()}
 
 
 @dataclass
@@ -222,6 +325,12 @@ class Builder:
     keep_on_error: bool = False
     metrics: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not (is_plain_name(self.kind) and is_plain_name(self.name)):
+            raise UserError(
+                f"{self.kind}/{self.name} is not a name for an artifact: one directory, no / and no leading dot"
+            )
+
     @property
     def dir(self) -> Path:
         return Path(self.workdir) / self.kind / self.name
@@ -231,21 +340,27 @@ class Builder:
         return recipe_key(self.kind, self.config, [a.ref() for a in self.inputs], self.sources)
 
     def existing(self, force: bool = False) -> Artifact | None:
-        """The finished artifact already made from this recipe, if any; clears what is in the way."""
-        manifest_path = self.dir / MANIFEST
-        if manifest_path.is_file():
-            try:
-                old = load(self.dir)
-            except UserError:
-                old = None
-            if old is not None and old.manifest.get("recipe") == self.recipe and not force:
-                return old
-            if old is not None and not force:
-                raise UserError(
-                    f"{self.dir} already holds a {self.kind} made from other inputs or settings; "
-                    "choose another --name, or pass --force to replace it"
-                )
-            shutil.rmtree(self.dir)
+        """The finished artifact already made from this recipe, if any; clears what is in the way.
+
+        One sealed under an older schema, or against inputs since re-sealed, is made again: its
+        manifest could not tell its lineage as it now is.
+        """
+        if not (self.dir / MANIFEST).is_file():
+            return None
+        try:
+            old = load(self.dir)
+        except UserError:
+            old = None
+        if old is not None and not force and old.manifest.get("recipe") != self.recipe:
+            raise UserError(
+                f"{self.dir} already holds a {self.kind} made from other inputs or settings; "
+                "choose another --name, or pass --force to replace it"
+            )
+        input_seals = [a.manifest.get("seal") for a in self.inputs]
+        current = old is not None and old.manifest["schema"] == SCHEMA
+        if current and not force and [i.get("seal") for i in old.manifest["inputs"]] == input_seals:
+            return old
+        shutil.rmtree(self.dir)
         return None
 
     def __enter__(self) -> Builder:
@@ -259,22 +374,26 @@ class Builder:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def finish(self) -> Artifact:
-        files = hash_files(self.dir)
-        inputs = [a.ref() for a in self.inputs]
+        """Hash the files, then write the manifest with its id and seal: the artifact is finished."""
         manifest = {
             "schema": SCHEMA,
             "kind": self.kind,
             "name": self.name,
-            "id": artifact_id(self.kind, self.config, inputs, files),
+            "id": None,
+            "seal": None,
             "recipe": self.recipe,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "inputs": inputs,
+            "network": offline.network_mode(),
+            "inputs": [a.ref() for a in self.inputs],
             "sources": self.sources or [],
             "config": self.config,
-            "files": files,
+            "files": hash_files(self.dir),
             "producer": producer(),
             "metrics": self.metrics,
         }
+        manifest = json.loads(json.dumps(manifest))  # seal exactly what a reader will load back
+        manifest["id"] = content_id(manifest)
+        manifest["seal"] = seal_of(manifest)
         write_json(self.dir / MANIFEST, manifest)
         return Artifact(self.dir.resolve(), manifest)
 
@@ -301,46 +420,95 @@ def verify(path: Path | str, _seen: set | None = None) -> tuple[list[Artifact], 
     """Re-hash an artifact and everything upstream; return what was checked and every mismatch."""
     seen = _seen if _seen is not None else set()
     artifact = load(path)
-    label = f"{artifact.kind}/{artifact.name}"
-    checked, problems = [artifact], []
-    if label in seen:
+    if artifact.path in seen:
         return [], []
-    seen.add(label)
-    recorded = artifact.manifest.get("files", {})
-    actual = hash_files(artifact.path)
-    for rel, info in recorded.items():
-        if rel not in actual:
-            problems.append(Problem(label, rel, "missing"))
-        elif actual[rel]["sha256"] != info["sha256"]:
+    seen.add(artifact.path)
+    label = f"{artifact.kind}/{artifact.name}"
+    checked = [artifact]
+    problems = check_manifest(artifact, label) + check_files(artifact.path, artifact.manifest["files"], label)
+    for ref in artifact.manifest["inputs"]:
+        where = f"input {ref['kind']}/{ref['name']}"
+        try:
+            upstream = load(input_dir(artifact.workspace, ref))
+        except UserError as e:
+            problems.append(Problem(label, where, str(e)))
+            continue
+        if upstream.id != ref["id"]:
+            problems.append(Problem(label, where, "was replaced by a different artifact"))
+        elif upstream.manifest.get("seal") != ref.get("seal"):
             problems.append(
                 Problem(
                     label,
-                    rel,
-                    f"changed (sha256 {actual[rel]['sha256'][7:19]}…, manifest says {info['sha256'][7:19]}…)",
+                    where,
+                    "was sealed again after this artifact was made (the same content, another manifest: "
+                    "re-made with --force, or edited); re-run this stage to seal against it",
                 )
             )
-    for rel in actual.keys() - recorded.keys():
-        problems.append(Problem(label, rel, "not in the manifest (added after the artifact was sealed)"))
-    expected_id = artifact_id(artifact.kind, artifact.config, artifact.manifest.get("inputs", []), recorded)
-    if expected_id != artifact.id:
-        problems.append(
-            Problem(label, MANIFEST, "its id does not match its content (the manifest was edited)")
-        )
-    for ref in artifact.manifest.get("inputs", []):
-        upstream = artifact.workspace / ref["kind"] / ref["name"]
-        try:
-            up = load(upstream)
-        except UserError as e:
-            problems.append(Problem(label, f"input {ref['kind']}/{ref['name']}", str(e)))
-            continue
-        if up.id != ref["id"]:
-            problems.append(
-                Problem(label, f"input {ref['kind']}/{ref['name']}", "was replaced by a different artifact")
-            )
-        more_checked, more_problems = verify(upstream, seen)
+        more_checked, more_problems = verify(upstream.path, seen)
         checked += more_checked
         problems += more_problems
     return checked, problems
+
+
+def check_manifest(artifact: Artifact, label: str) -> list[Problem]:
+    """The id against the content, the seal against every field, the place against the name."""
+    manifest, problems = artifact.manifest, []
+    if manifest["schema"] == OLD_SCHEMA:
+        problems.append(
+            Problem(
+                label,
+                MANIFEST,
+                f"is of the older schema {OLD_SCHEMA}: only its files and an id over kind, config, input ids "
+                "and file hashes were checked; its sources, metrics, recipe, producer, created and name are "
+                "not covered by any hash. Re-run its stage to seal it under " + SCHEMA,
+            )
+        )
+    if content_id(manifest) != artifact.id:
+        problems.append(
+            Problem(
+                label,
+                MANIFEST,
+                "its id does not match its content (kind, config, inputs, sources or files were edited)",
+            )
+        )
+    if manifest["schema"] == SCHEMA and seal_of(manifest) != manifest["seal"]:
+        problems.append(
+            Problem(label, MANIFEST, "its seal does not match it (a field was edited after sealing)")
+        )
+    if (artifact.path.parent.name, artifact.path.name) != (artifact.kind, artifact.name):
+        problems.append(
+            Problem(
+                label,
+                MANIFEST,
+                f"names {label}, but lies at {artifact.path.parent.name}/{artifact.path.name}",
+            )
+        )
+    return problems
+
+
+def check_files(directory: Path, recorded: dict, label: str) -> list[Problem]:
+    """Every listed file present and unchanged; nothing else there, links and dot-files included."""
+    files, odd = scan(directory)
+    problems = []
+    for rel, what in sorted(odd.items()):
+        listed = "where the manifest lists a regular file" if rel in recorded else "not in the manifest"
+        problems.append(Problem(label, rel, f"{what}, {listed}"))
+    for rel, info in sorted(recorded.items()):
+        if rel in odd:
+            continue
+        if rel not in files:
+            problems.append(Problem(label, rel, "missing"))
+            continue
+        digest = sha256_file(Path(directory) / rel)
+        if digest != info["sha256"]:
+            problems.append(
+                Problem(
+                    label, rel, f"changed (sha256 {digest[7:19]}…, manifest says {info['sha256'][7:19]}…)"
+                )
+            )
+    for rel in sorted(set(files) - recorded.keys()):
+        problems.append(Problem(label, rel, "not in the manifest (added after the artifact was sealed)"))
+    return problems
 
 
 def lineage(path: Path | str, max_sources: int = 10):
@@ -353,7 +521,8 @@ def lineage(path: Path | str, max_sources: int = 10):
     expanded: set[str] = set()
 
     def node(artifact: Artifact, tree: Tree | None) -> Tree:
-        label = f"[bold]{artifact.kind}[/]/{artifact.name}  [dim]{artifact.id[7:19]}  {artifact.manifest['created']}[/]"
+        created, network = artifact.manifest.get("created", "?"), artifact.manifest.get("network", "?")
+        label = f"[bold]{artifact.kind}[/]/{artifact.name}  [dim]{artifact.id[7:19]}  {created}  network: {network}[/]"
         key = f"{artifact.kind}/{artifact.name}"
         if key in expanded:
             return tree.add(label + "  [dim](shown above)[/]")

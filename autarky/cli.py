@@ -23,6 +23,25 @@ app = typer.Typer(
 
 PIPELINE, MODEL, WORKSPACE = "Make artifacts", "Use a model", "Inspect the workspace"
 WORKDIR_HELP = "Workspace holding the artifacts ($AUTARKY_WORKDIR, default ./work)."
+REACHABLE_VERBS = {"serve"}  # clients outside must reach it, so it stays in the host's network
+
+
+@app.callback()
+def network(
+    ctx: typer.Context,
+    isolate: bool = typer.Option(
+        None,
+        "--isolate/--no-isolate",
+        help="Run the verb in a fresh network namespace with loopback only, where the kernel allows it "
+        "(default: every verb but serve). The in-process guard is on either way.",
+    ),
+) -> None:
+    """Cut the network before any thread starts: a namespace holds only the thread that enters it."""
+    if isolate is False or (isolate is None and ctx.invoked_subcommand in REACHABLE_VERBS):
+        return
+    refused = offline.isolate()
+    if refused and isolate:
+        raise UserError(f"--isolate: {refused}; --no-isolate runs with the in-process guard alone")
 
 
 def workdir_option() -> Path:
@@ -89,6 +108,9 @@ def verify(path: Path = typer.Argument(..., help="An artifact directory.")) -> N
         console.print(f"[red]{len(problems)} problem(s) found[/]")
         raise typer.Exit(1)
     console.print(f"[green]ok[/]: {len(checked)} artifact(s) match their manifests")
+    console.print(
+        f"seal {checked[0].manifest.get('seal')}: record it, and the whole lineage can be checked against it"
+    )
 
 
 @app.command(rich_help_panel=WORKSPACE)

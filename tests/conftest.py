@@ -21,10 +21,16 @@ RUSSIAN = [
 
 @pytest.fixture(autouse=True, scope="session")
 def network_guard():
-    """Every test runs as the CLI does: with the network guard on."""
+    """Every test runs as the CLI does: with the network guard on (it has no off switch).
+
+    The test process itself never enters a network namespace: a test that calls `cli.main()` in
+    process would otherwise move the whole session, servers already listening and all, into a fresh
+    network. The CLI run as a subprocess is isolated as it is for a user.
+    """
     offline.install()
-    yield
-    offline.uninstall()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(offline, "_enter_namespace", lambda: "the test process stays in the host's network")
+        yield
 
 
 def write_sources(root: Path, n_docs: int = 60) -> Path:
