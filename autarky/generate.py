@@ -1,7 +1,9 @@
-"""Text generation with a KV cache: sampling settings, the next-token sampler, and a streaming loop."""
+"""Text generation with a KV cache: sampling settings, the next-token sampler, the one text policy
+(stops, hold-back, finish) and a streaming loop."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -10,6 +12,10 @@ import torch
 from autarky.console import UserError
 from autarky.model import KVCache, Llama
 from autarky.tokenizer import Tokenizer
+
+# A temperature below this samples greedily, as vLLM does: the distribution is one-hot to float
+# precision anyway, and the division by it is where 1e-45 once overflowed every logit.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -24,7 +30,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
 
     def validate(self) -> None:
-        if self.temperature < 0:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise UserError("temperature must be 0 or more (0 means greedy)")
         if not 0 < self.top_p <= 1:
             raise UserError("top_p must be in (0, 1]")
@@ -48,11 +54,18 @@ def apply_penalties(
 def sample(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """One token id per row of `logits` (B, V), by temperature, top-k and top-p."""
+    """One token id per row of `logits` (B, V), by temperature, top-k and top-p.
+
+    Non-finite logits are a ValueError: sampling from them gives garbage, or on a GPU a device
+    assert that takes every request down with it.
+    """
     logits = logits.float()
-    if params.temperature == 0:
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("the model's logits are not finite (NaN or infinity)")
+    if params.temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
-    logits = logits / params.temperature
+    # The largest logit becomes 0 before the division, so no temperature can overflow one to inf.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
     if params.top_k > 0 and params.top_k < logits.size(-1):
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1, None]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -75,13 +88,71 @@ def find_stop(text: str, stops: list[str]) -> int | None:
 
 def held_back(text: str, stops: list[str]) -> int:
     """How many trailing characters might be the start of a stop string, so must wait to be sent."""
-    keep = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                keep = max(keep, n)
-                break
-    return keep
+    longest = max((len(s) for s in stops), default=0)
+    for i in range(max(0, len(text) - longest + 1), len(text)):  # the earliest start holds the most
+        tail = text[i:]
+        if any(len(tail) < len(s) and s.startswith(tail) for s in stops):
+            return len(tail)
+    return 0
+
+
+class TextPolicy:
+    """The text rules of one generated sequence, shared by `stream` and the serving engine.
+
+    The end-of-text and end-of-turn ids end it ("stop") and are not part of the completion; a stop
+    string ends it ("stop") even when spread over several tokens, and is never sent; text that might
+    be the start of a stop string is held back until it is known not to be; `max_tokens` tokens end
+    it ("length"). Each token's check reads only the tail where a new match or a held-back start can
+    be, so neither a long output nor a long stop string makes a token's check slower.
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, stops: list[str], max_tokens: int, end_ids: set[int] | None = None
+    ):
+        self.end_ids = {tokenizer.eos_id, tokenizer.end_id} if end_ids is None else end_ids
+        self.stops = [s for s in stops if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.max_tokens = max_tokens
+        self.decoder = tokenizer.decode_stream()
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.sent = 0
+        self.finish_reason: str | None = None
+
+    def accept(self, token: int) -> bool:
+        """Take the next sampled token; False for an end token, which is not part of the completion."""
+        if token in self.end_ids:
+            self._extend(self.decoder.finish())
+            self.finish_reason = "stop"
+            return False
+        self.token_ids.append(token)
+        if self._extend(self.decoder.step(token)):
+            self.finish_reason = "stop"
+        elif len(self.token_ids) >= self.max_tokens:
+            self._extend(self.decoder.finish())  # a stop string it completes is cut; still "length"
+            self.finish_reason = "length"
+        return True
+
+    def take(self) -> str:
+        """The text not sent yet that is safe to send now: all of it once the sequence has ended."""
+        end = len(self.text)
+        if self.finish_reason is None:
+            # A held-back start only moves forward (text that cannot begin a stop string now never
+            # will), so the search starts where the last one ended.
+            end -= held_back(self.text[max(self.sent, end - self.longest + 1) :], self.stops)
+        piece, self.sent = self.text[self.sent : end], max(end, self.sent)
+        return piece
+
+    def _extend(self, new: str) -> bool:
+        """Append decoded text; cut it where a stop string it completes begins (True if so)."""
+        if not new:
+            return False
+        start = max(0, len(self.text) - self.longest + 1)  # a match ending in `new` begins no earlier
+        self.text += new
+        cut = find_stop(self.text[start:], self.stops)
+        if cut is not None:
+            self.text = self.text[: start + cut]
+        return cut is not None
 
 
 @dataclass
@@ -103,8 +174,8 @@ def stream(
 ) -> Iterator[str]:
     """Yield text pieces as they are generated; fill `completion` with the ids and finish reason.
 
-    Stops at the end-of-text or end-of-turn token, at a stop string (even one spread over several
-    tokens, never sent), or after `max_tokens`.
+    The text rules (stop tokens and strings, hold-back, finish reason) are `TextPolicy`'s, the
+    same as the serving engine's.
     """
     params.validate()
     done = completion if completion is not None else Completion()
@@ -117,9 +188,9 @@ def stream(
     max_new = min(params.max_tokens, context - len(prompt_ids))
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
-    stop_ids = {tokenizer.eos_id, tokenizer.end_id}
+    policy = TextPolicy(tokenizer, params.stop, max_new)
+    done.token_ids = policy.token_ids
     counts = torch.zeros(model.config.vocab_size, device=device)
-    decoder = tokenizer.decode_stream()
     cache = (
         KVCache(
             model.config, 1, len(prompt_ids) + max_new, device=device, dtype=next(model.parameters()).dtype
@@ -128,36 +199,18 @@ def stream(
         else None
     )
     ids = torch.tensor([prompt_ids], device=device)
-    text, sent, cut = "", 0, None
-    done.finish_reason = "length"
-    for _ in range(max_new):
+    while policy.finish_reason is None:
         if cache is None:  # recompute the whole sequence: only the benchmark's reference does this
-            ids = torch.tensor([prompt_ids + done.token_ids], device=device)
+            ids = torch.tensor([prompt_ids + policy.token_ids], device=device)
         logits, _ = model(ids, cache=cache, last_only=True)
         logits = apply_penalties(logits[:, -1], counts, params.presence_penalty, params.frequency_penalty)
         token = int(sample(logits, params, generator))
-        if token in stop_ids:
-            done.finish_reason = "stop"
-            break
-        done.token_ids.append(token)
-        counts[token] += 1
-        ids = torch.tensor([[token]], device=device)
-        text += decoder.step(token)
-        if (cut := find_stop(text, params.stop)) is not None:
-            text = text[:cut]
-            done.finish_reason = "stop"
-            break
-        safe = len(text) - held_back(text, params.stop)
-        if safe > sent:
-            yield text[sent:safe]
-            sent = safe
-    if cut is None:
-        text += decoder.finish()
-        if (cut := find_stop(text, params.stop)) is not None:
-            text = text[:cut]
-    if len(text) > sent:
-        yield text[sent:]
-    done.text = text
+        if policy.accept(token):
+            counts[token] += 1
+            ids = torch.tensor([[token]], device=device)
+        if piece := policy.take():
+            yield piece
+    done.text, done.finish_reason = policy.text, policy.finish_reason
 
 
 def complete(model: Llama, tokenizer: Tokenizer, prompt_ids: list[int], params: SamplingParams) -> Completion:

@@ -1,8 +1,11 @@
+import pytest
 import torch
 
-from autarky.generate import SamplingParams, complete, find_stop, held_back, sample, stream
+from autarky import generate
+from autarky.generate import SamplingParams, TextPolicy, complete, find_stop, held_back, sample, stream
 from autarky.model import load_pretrained
 from autarky.tokenizer import Tokenizer
+from tests.test_engine import MODEL, TOK
 
 
 def test_greedy_and_top_k_one_agree():
@@ -18,10 +21,74 @@ def test_top_p_keeps_only_the_nucleus():
     assert seen == {0, 1}
 
 
+def test_a_tiny_temperature_is_greedy_and_never_nan():
+    """Issue 8.4: temperature 1e-45 divided the logits to inf and the softmax to NaN, and the
+    sampler raised. Checked to fail on the old sampler (multinomial's "probability tensor contains
+    either inf, nan or element < 0")."""
+    logits = torch.tensor([[0.1, 2.0, -1.0, 1.5], [3e38, -3e38, 0.0, 1.0]])
+    greedy = logits.argmax(dim=-1)
+    for temperature in (1e-45, 1e-30, 1e-6):
+        assert torch.equal(sample(logits, SamplingParams(temperature=temperature)), greedy)
+    assert torch.equal(sample(logits, SamplingParams(temperature=1e-4)), greedy)  # sampled, yet one-hot
+    assert sample(logits, SamplingParams(temperature=2.0), torch.Generator().manual_seed(0)).shape == (2,)
+    with pytest.raises(ValueError, match="not finite"):
+        sample(torch.tensor([[0.0, float("nan")]]), SamplingParams(temperature=0))
+
+
 def test_stop_string_helpers():
     assert find_stop("hello wor", ["world"]) is None
     assert held_back("hello wor", ["world"]) == 3
+    assert held_back("hello wor", ["or", "world"]) == 3 and held_back("hello wo", ["or"]) == 1
+    assert held_back("hello", ["world"]) == 0
     assert find_stop("a STOP b", ["STOP", "b"]) == 2
+
+
+def feed(policy: TextPolicy, text: str) -> list[str]:
+    """Feed `text` one byte token at a time; the pieces the policy lets out (final one included)."""
+    pieces = []
+    for token in text.encode():
+        policy.accept(token)
+        pieces.append(policy.take())
+        if policy.finish_reason:
+            break
+    return pieces
+
+
+def test_the_text_policy_holds_back_cuts_and_names_the_finish():
+    policy = TextPolicy(TOK, ["world", "!!"], max_tokens=100)
+    pieces = feed(policy, "hello wo! world again")
+    # "w", "wo" and "!" wait until the next character shows they are no stop string's start
+    assert pieces == [*"hello ", "", "", "wo", "! ", "", "", "", "", ""]
+    assert policy.text == "hello wo! " and policy.finish_reason == "stop"
+    assert len(policy.token_ids) == len("hello wo! world")  # the stop string's tokens count
+
+    policy = TextPolicy(TOK, ["!!"], max_tokens=4)
+    assert "".join(feed(policy, "ab!!cd")) == "ab" and policy.finish_reason == "stop"
+    policy = TextPolicy(TOK, ["!!"], max_tokens=3)
+    assert "".join(feed(policy, "ab!!cd")) == "ab!" and policy.finish_reason == "length"
+
+    policy = TextPolicy(TOK, [], max_tokens=10)
+    feed(policy, "мир")
+    assert policy.accept(TOK.end_id) is False and policy.finish_reason == "stop"
+    assert policy.text == "мир" and len(policy.token_ids) == len("мир".encode())
+
+
+def test_a_stop_check_reads_only_the_tail_of_the_text(monkeypatch):
+    """Issue 8.6: every token searched the whole text for every stop string and tried every prefix
+    of each (39 ms a token at 32k characters). Now a token's check reads only the tail where a new
+    match or a held-back start can be. Checked to fail on the old loop (it read the whole text)."""
+    read: list[int] = []
+
+    def spy(real):
+        return lambda text, stops: read.append(len(text)) or real(text, stops)
+
+    monkeypatch.setattr(generate, "find_stop", spy(generate.find_stop))
+    monkeypatch.setattr(generate, "held_back", spy(generate.held_back))
+    stop = "\x00" * 12  # never generated
+    params = SamplingParams(temperature=1.0, seed=0, max_tokens=60, stop=[stop, "\x01\x02"])
+    done = complete(MODEL, TOK, [TOK.bos_id, 65], params)
+    assert len(done.text) > 3 * len(stop) and done.finish_reason == "length"
+    assert read and max(read) <= len(stop) + 4  # a token's text is at most a few characters
 
 
 def test_seeded_generation_repeats_and_cache_matches_recompute(trained):

@@ -1,18 +1,21 @@
 """The serving engine: continuous batching over one model, in one background thread.
 
-Requests join and leave the running batch at token boundaries. Each running request owns one row
-of a shared `KVCache`, and running requests are kept packed in rows 0..B-1 (a finished request's
-row is filled by moving the last one into it), because a forward pass with a cache uses the top B
-rows. A new request is prefilled in its own one-row cache, a chunk of at most `prefill_chunk`
-tokens per engine step, between decode steps of the running batch, so a long prompt never stalls
-the others for more than one chunk; when its prompt is in, its row is copied into the shared cache
-and it decodes with the rest.
+The engine moves token ids; the text rules (stops, hold-back, finish) are `TextPolicy`'s, the same
+as `autarky generate`'s. Requests join and leave the running batch at token boundaries. Each
+running request owns one row of a shared `KVCache`, and running requests are kept packed in rows
+0..B-1 (a finished request's row is filled by moving the last one into it), because a forward pass
+with a cache uses the top B rows. A new request is prefilled in its own one-row cache, a chunk at a
+time, between decode steps of the running batch, so a long prompt never stalls the others for more
+than one chunk; when its prompt is in, its row is copied into the shared cache and it decodes with
+the rest. An embedding input is prefilled the same way, from the same queue and the same per-step
+budget, its final hidden states summed chunk by chunk; it never takes a running row.
 
-The thread owns the model; callers talk to it through `submit`/`cancel`/`embed`, which only touch a
+The thread owns the model; callers talk to it through `submit`/`embed`/`cancel`, which only touch a
 thread-safe queue, and receive `Event`s through the callback they pass (the app turns that into
-`loop.call_soon_threadsafe`). Nothing one request brings may stop the thread: a request that cannot
-be set up fails alone, a step that fails fails what is in flight, and `alive` tells the app if the
-thread has stopped all the same.
+`loop.call_soon_threadsafe`). Nothing one request brings may stop the thread or the others: a
+request that cannot be set up, or whose numbers go wrong (NaN logits), fails alone and at once; a
+step that fails fails what is in flight; and `alive` tells the app if the thread has stopped all
+the same.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from autarky.generate import SamplingParams, apply_penalties, find_stop, held_back, sample
+from autarky.generate import SamplingParams, TextPolicy, apply_penalties, sample
 from autarky.model import KVCache, Llama
 from autarky.tokenizer import Tokenizer
 
@@ -68,32 +71,53 @@ class Request:
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    generated: int = 0  # tokens sampled so far, read by the app when its client leaves early
 
 
 @dataclass
 class EmbedJob:
+    """Inputs to embed; `done` gets every vector, or an error, once, from the engine thread."""
+
     inputs: list[list[int]]
     done: Callable[[list[list[float]] | None, str | None], None]
-    cancelled: bool = False
+    cancelled: bool = False  # also set when one input failed: the others are not worth computing
+    vectors: dict[int, list[float]] = field(default_factory=dict)
 
 
 class Sequence:
     """A request's state inside the engine."""
 
-    def __init__(self, request: Request, tokenizer: Tokenizer, vocab_size: int, device):
+    def __init__(self, request: Request, tokenizer: Tokenizer, vocab_size: int, device, end_ids=None):
+        request.params.validate()
         self.request = request
+        self.prompt = request.prompt_ids
         params = request.params
         seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
         self.generator = torch.Generator(device=device).manual_seed(seed % 2**64)  # torch's range
         self.counts = torch.zeros(vocab_size, device=device)
-        self.decoder = tokenizer.decode_stream()
+        self.policy = TextPolicy(tokenizer, params.stop, params.max_tokens, end_ids)
         self.prefilled = 0
-        self.token_ids: list[int] = []
         self.next_token = -1
-        self.text = ""
-        self.sent = 0
         self.pending: list[TokenLogprob] = []
         self.finish_reason: str | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.request.cancelled
+
+
+class Pooling:
+    """One embedding input's state: prefilled like a prompt, its final hidden states summed."""
+
+    def __init__(self, job: EmbedJob, index: int):
+        self.job, self.index = job, index
+        self.prompt = job.inputs[index]
+        self.prefilled = 0
+        self.total: torch.Tensor | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job.cancelled
 
 
 class Engine:
@@ -121,13 +145,12 @@ class Engine:
         dtype = self.cache_dtype = model.model.norm.weight.dtype
         self.cache = KVCache(self.config, slots, self.context, device=device, dtype=dtype)
         self.prefill_cache = KVCache(self.config, 1, self.context, device=device, dtype=dtype)
-        self.stop_ids = {tokenizer.eos_id, tokenizer.end_id}
+        self.stop_ids: set[int] | None = None  # None: the tokenizer's end ids (a benchmark clears them)
         self._byte_cache: dict[int, tuple[str, list[int]]] = {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.waiting: deque[Sequence] = deque()
-        self.prefilling: Sequence | None = None
+        self.waiting: deque[Sequence | Pooling] = deque()
+        self.prefilling: Sequence | Pooling | None = None
         self.running: list[Sequence] = []  # running[i] owns cache row i
-        self._embeds: deque[EmbedJob] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -147,12 +170,12 @@ class Engine:
     def submit(self, request: Request) -> None:
         self._inbox.put(request)
 
-    def cancel(self, request: Request | EmbedJob) -> None:
-        request.cancelled = True
-        self._inbox.put(None)  # wake the loop so the slot is freed at the next step
-
     def embed(self, job: EmbedJob) -> None:
         self._inbox.put(job)
+
+    def cancel(self, request: Request | EmbedJob) -> None:
+        request.cancelled = True
+        self._inbox.put(None)  # wake the loop so the work is dropped at the next step
 
     @property
     def alive(self) -> bool:
@@ -173,7 +196,7 @@ class Engine:
         with torch.inference_mode():
             while not self._stop.is_set():
                 try:
-                    idle = not (self.running or self.waiting or self.prefilling or self._embeds)
+                    idle = not (self.running or self.waiting or self.prefilling)
                     self._take_inbox(block=idle)
                     self.step()
                 except Exception as e:  # a bug must not leave clients hanging: fail what is in flight
@@ -184,69 +207,94 @@ class Engine:
         try:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
             while True:
-                if isinstance(item, Request):
+                if item is not None:
                     self._admit(item)
-                elif isinstance(item, EmbedJob):
-                    self._embeds.append(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass
 
-    def _admit(self, request: Request) -> None:
-        """Queue a request; one that cannot be set up fails alone, and the engine goes on."""
+    def _admit(self, item: Request | EmbedJob) -> None:
+        """Queue a request or an embedding job; one that cannot be set up fails alone."""
         try:
-            seq = Sequence(request, self.tokenizer, self.config.vocab_size, self.device)
+            if isinstance(item, EmbedJob):
+                if not all(item.inputs):
+                    raise ValueError("an embedding input has no tokens")
+                self.waiting.extend(Pooling(item, i) for i in range(len(item.inputs)))
+            else:
+                self.waiting.append(
+                    Sequence(item, self.tokenizer, self.config.vocab_size, self.device, self.stop_ids)
+                )
         except Exception as e:
             log.exception("could not admit a request")
-            self._emit(request, Event(finish_reason="error", error=f"internal error in the engine: {e}"))
-            return
-        self.waiting.append(seq)
+            message = f"internal error in the engine: {e}"
+            if isinstance(item, EmbedJob):
+                item.done(None, message)
+            else:
+                self._emit(item, Event(finish_reason="error", error=message))
 
     def step(self) -> None:
-        """One engine step: drop cancelled work, one embedding job, a prefill budget, one decode step."""
+        """One engine step: take new work, drop cancelled work, prefill up to `prefill_chunk` prompt
+        and embedding tokens, then decode one token for every running request."""
         self.steps += 1
+        self._take_inbox(block=False)
         self._drop_cancelled()
-        if self._embeds:
-            self._run_embedding(self._embeds.popleft())
         budget = self.prefill_chunk
-        while budget > 0 and (self.prefilling or (self.waiting and len(self.running) < self.slots)):
-            if self.prefilling is None:
-                self.prefilling = self.waiting.popleft()
-                self.prefill_cache.reset(0)
-            budget -= self._prefill_chunk(self.prefilling, budget)
+        while budget > 0 and (item := self._next_prefill()) is not None:
+            budget -= self._prefill(item, budget)
         if self.running:
             self._decode()
 
+    def _next_prefill(self) -> Sequence | Pooling | None:
+        """What to prefill next: the one under way, else the first waiting if it has room to go."""
+        if self.prefilling is None and self.waiting:
+            if isinstance(self.waiting[0], Pooling) or len(self.running) < self.slots:
+                self.prefilling = self.waiting.popleft()
+                self.prefill_cache.reset(0)
+        return self.prefilling
+
     def _drop_cancelled(self) -> None:
-        if any(s.request.cancelled for s in self.waiting):
-            for s in [s for s in self.waiting if s.request.cancelled]:
-                self.waiting.remove(s)
-                self._finish(s, "cancelled")
-        if self.prefilling is not None and self.prefilling.request.cancelled:
-            self._finish(self.prefilling, "cancelled")
+        if any(item.cancelled for item in self.waiting):
+            for item in [item for item in self.waiting if item.cancelled]:
+                self._cancelled(item)
+            self.waiting = deque(item for item in self.waiting if not item.cancelled)
+        if self.prefilling is not None and self.prefilling.cancelled:
+            self._cancelled(self.prefilling)
             self.prefilling = None
         for i in reversed(range(len(self.running))):
-            if self.running[i].request.cancelled:
-                self._finish(self.running[i], "cancelled")
+            if self.running[i].cancelled:
+                self._cancelled(self.running[i])
                 self._release(i)
-        while self._embeds and self._embeds[0].cancelled:
-            self._embeds.popleft()
 
-    def _prefill_chunk(self, seq: Sequence, budget: int) -> int:
-        prompt = seq.request.prompt_ids
-        chunk = prompt[seq.prefilled : seq.prefilled + max(budget, 1)]
-        ids = torch.tensor([chunk], device=self.device)
-        logits, _ = self.model(ids, cache=self.prefill_cache, last_only=True)
-        seq.prefilled += len(chunk)
-        if seq.prefilled == len(prompt):
+    def _cancelled(self, item: Sequence | Pooling) -> None:
+        if isinstance(item, Sequence):  # an embedding's owner has gone, or was told already
+            self._finish(item, "cancelled")
+
+    def _prefill(self, item: Sequence | Pooling, budget: int) -> int:
+        """Feed up to `budget` of `item`'s tokens; returns how many. A failure fails `item` alone."""
+        chunk = item.prompt[item.prefilled : item.prefilled + budget]
+        try:
+            if isinstance(item, Pooling):
+                self._pool_chunk(item, chunk)
+            else:
+                self._prefill_chunk(item, chunk)
+        except Exception as e:
+            log.exception("prefill failed")
             self.prefilling = None
-            self.on_tokens(len(prompt), 0)
+            self._fail(item, f"internal error in the engine: {e}")
+        return len(chunk)
+
+    def _prefill_chunk(self, seq: Sequence, chunk: list[int]) -> None:
+        logits, _ = self.model(
+            torch.tensor([chunk], device=self.device), cache=self.prefill_cache, last_only=True
+        )
+        seq.prefilled += len(chunk)
+        if seq.prefilled == len(seq.prompt):
+            self.prefilling = None
+            self.on_tokens(len(seq.prompt), 0)
             self._accept(seq, logits[0, -1])
             if seq.finish_reason is None:
-                row = len(self.running)
-                self._copy_prefill_to(row)
+                self._copy_prefill_to(len(self.running))
                 self.running.append(seq)
-        return len(chunk)
 
     def _copy_prefill_to(self, row: int) -> None:
         n = int(self.prefill_cache.lengths[0])
@@ -260,15 +308,26 @@ class Engine:
     def _decode(self) -> None:
         ids = torch.tensor([[s.next_token] for s in self.running], device=self.device)
         logits, _ = self.model(ids, cache=self.cache, last_only=True)
-        logits = logits[:, -1]
-        for s, row_logits in zip(self.running, logits, strict=True):
-            self._accept(s, row_logits)
+        for s, row_logits in zip(self.running, logits[:, -1], strict=True):
+            try:
+                self._accept(s, row_logits)
+            except Exception as e:  # one row's numbers gone wrong (NaN) fail its request alone
+                log.exception("sampling failed")
+                self._fail(s, f"internal error in the engine: {e}")
         for i in reversed(range(len(self.running))):
             if self.running[i].finish_reason is not None:
-                self._release(i)
+                self._release(i, scrub=self.running[i].finish_reason == "error")
 
-    def _release(self, row: int) -> None:
-        """Free cache row `row`, keeping the running rows packed at the top."""
+    def _release(self, row: int, scrub: bool = False) -> None:
+        """Free cache row `row`, keeping the running rows packed at the top.
+
+        A failed request's row is zeroed first: a NaN left in it would reach its next owner, whose
+        attention reads the row's stale positions with weight 0, and 0 × NaN is NaN.
+        """
+        if scrub:
+            for k, v in zip(self.cache.k, self.cache.v, strict=True):
+                k[row].zero_()
+                v[row].zero_()
         last = len(self.running) - 1
         if row != last:
             self.cache.move(last, row)
@@ -277,7 +336,7 @@ class Engine:
         self.cache.reset(last)
 
     def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
-        """Sample the next token from one row of logits and send what text it completes."""
+        """Sample the next token from one row of logits and send what text it makes safe to send."""
         params = seq.request.params
         logits = apply_penalties(
             logits.float()[None], seq.counts, params.presence_penalty, params.frequency_penalty
@@ -285,47 +344,41 @@ class Engine:
         token = int(sample(logits, params, seq.generator))
         if seq.request.first_token_at is None:
             seq.request.first_token_at = time.perf_counter()
-        if token in self.stop_ids:
-            seq.text += seq.decoder.finish()
-            if (cut := find_stop(seq.text, params.stop)) is not None:
-                seq.text = seq.text[:cut]
-            self._finish(seq, "stop")
-            return
-        self.on_tokens(0, 1)
-        seq.token_ids.append(token)
-        seq.next_token = token
-        seq.counts[token] += 1
-        if seq.request.logprobs is not None:
-            seq.pending.append(self._logprob(logits[0], token, seq.request.logprobs))
-        seq.text += seq.decoder.step(token)
-        stops = params.stop
-        if (cut := find_stop(seq.text, stops)) is not None:
-            seq.text = seq.text[:cut]
-            self._finish(seq, "stop")
-            return
-        if len(seq.token_ids) >= params.max_tokens:
-            seq.text += seq.decoder.finish()
-            if (cut := find_stop(seq.text, stops)) is not None:
-                seq.text = seq.text[:cut]
-            self._finish(seq, "length")
-            return
-        safe = len(seq.text) - held_back(seq.text, stops)
-        if safe > seq.sent or seq.pending:
-            event = Event(text=seq.text[seq.sent : max(safe, seq.sent)], logprobs=seq.pending)
-            seq.sent, seq.pending = max(safe, seq.sent), []
+        if seq.policy.accept(token):
+            self.on_tokens(0, 1)
+            seq.request.generated = len(seq.policy.token_ids)
+            seq.next_token = token
+            seq.counts[token] += 1
+            if seq.request.logprobs is not None:
+                seq.pending.append(self._logprob(logits[0], token, seq.request.logprobs))
+        if seq.policy.finish_reason is not None:
+            self._finish(seq, seq.policy.finish_reason)
+        elif (text := seq.policy.take()) or seq.pending:
+            event = Event(text=text, logprobs=seq.pending)
+            seq.pending = []
             self._emit(seq, event)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
         event = Event(
-            text=seq.text[seq.sent :] if reason != "cancelled" else "",
+            text=seq.policy.take() if reason != "cancelled" else "",
             logprobs=seq.pending,
             finish_reason=reason,
-            prompt_tokens=len(seq.request.prompt_ids),
-            completion_tokens=len(seq.token_ids),
+            prompt_tokens=len(seq.prompt),
+            completion_tokens=len(seq.policy.token_ids),
         )
-        seq.sent, seq.pending = len(seq.text), []
+        seq.pending = []
         self._emit(seq, event)
+
+    def _fail(self, item: Sequence | Pooling, message: str) -> None:
+        """End one request, or one embedding job, with an error at once: its client must not wait."""
+        if isinstance(item, Pooling):
+            if not item.job.cancelled:
+                item.job.cancelled = True  # its other inputs are dropped; `done` is called once
+                item.job.done(None, message)
+            return
+        item.finish_reason = "error"
+        self._emit(item, Event(finish_reason="error", error=message))
 
     def _emit(self, seq: Sequence | Request, event: Event) -> None:
         request = seq if isinstance(seq, Request) else seq.request
@@ -336,16 +389,12 @@ class Engine:
             request.cancelled = True
 
     def _fail_all(self, message: str) -> None:
-        for seq in [*self.waiting, *self.running, *([self.prefilling] if self.prefilling else [])]:
-            seq.finish_reason = "error"
-            self._emit(seq, Event(finish_reason="error", error=message))
+        for item in [*self.waiting, *self.running, *([self.prefilling] if self.prefilling else [])]:
+            self._fail(item, message)
         self.waiting.clear()
         self.running.clear()
         self.prefilling = None
         self.cache.lengths.zero_()
-        for job in self._embeds:
-            job.done(None, message)
-        self._embeds.clear()
 
     # ------------------------------------------------------------ logprobs and embeddings
 
@@ -365,19 +414,30 @@ class Engine:
         text, data = self._token_text(token)
         return TokenLogprob(token, text, data, float(logprobs[token]), top)
 
-    def _run_embedding(self, job: EmbedJob) -> None:
-        try:
-            job.done([self._embed_one(ids) for ids in job.inputs], None)
-        except Exception as e:
-            log.exception("embedding failed")
-            job.done(None, f"internal error in the engine: {e}")
+    def _pool_chunk(self, item: Pooling, chunk: list[int]) -> None:
+        """Add a chunk's final hidden states to its input's sum; the last chunk sends the job's vectors
+        when it completes them: the mean, scaled to unit length."""
+        states = self._final_hidden_states(chunk).float().sum(dim=0)
+        item.total = states if item.total is None else item.total + states
+        item.prefilled += len(chunk)
+        if item.prefilled < len(item.prompt):
+            return
+        self.prefilling = None
+        vector = F.normalize(item.total / len(item.prompt), dim=0)
+        if not bool(torch.isfinite(vector).all()):
+            raise ValueError("the model's hidden states are not finite (NaN or infinity)")
+        job = item.job
+        job.vectors[item.index] = vector.tolist()
+        if len(job.vectors) == len(job.inputs):
+            job.done([job.vectors[i] for i in range(len(job.inputs))], None)
 
-    def _embed_one(self, ids: list[int]) -> list[float]:
-        """Mean of the final (normed) hidden states over the tokens, scaled to unit length."""
-        net = self.model.model
-        x = net.embed_tokens(torch.tensor([ids], device=self.device))
-        cos, sin = net.rotary(torch.arange(len(ids), device=self.device).unsqueeze(0), x.dtype)
-        for block in net.layers:
-            x = block(x, cos, sin)
-        pooled = net.norm(x)[0].float().mean(dim=0)
-        return F.normalize(pooled, dim=0).tolist()
+    def _final_hidden_states(self, chunk: list[int]) -> torch.Tensor:
+        """The chunk's hidden states after the last RMSNorm, run in the prefill cache after what came
+        before it (causal attention makes them the same as the whole input's)."""
+        states = []
+        hook = self.model.model.norm.register_forward_hook(lambda module, args, out: states.append(out))
+        try:
+            self.model(torch.tensor([chunk], device=self.device), cache=self.prefill_cache, last_only=True)
+        finally:
+            hook.remove()
+        return states[0][0]

@@ -2,7 +2,8 @@
 
 An API call becomes one `Job` (one engine request per choice); the engine's events come back
 through `loop.call_soon_threadsafe` into the job's asyncio queue. `embed` does the same for one
-embeddings call with a future.
+embeddings call with a future. Both are admitted against the same capacity (slots + queue, else
+429) and cancel their work in the engine when the client leaves.
 """
 
 from __future__ import annotations
@@ -54,26 +55,14 @@ class Job:
 
     def start(self, receive) -> None:
         """Admit the job (or refuse it: 503 with no engine, 429 at capacity) and hand it to the engine."""
-        engine: Engine = self.state.engine
-        check_engine(engine)
-        capacity = engine.slots + self.state.settings.max_queue
-        if self.state.inflight + len(self.requests) > capacity:
-            raise RequestError(
-                f"the server is at capacity ({capacity} sequences running or queued); retry shortly",
-                status=429,
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": "1"},
-            )
-        self.state.inflight += len(self.requests)
+        admit(self.state, len(self.requests))
         self.open = set(range(len(self.requests)))
         for r in self.requests:
-            engine.submit(r)
+            self.state.engine.submit(r)
         self._watcher = asyncio.create_task(self._watch(receive))
 
     async def _watch(self, receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        await disconnected(receive)
         self.events.put_nowait((None, None))
 
     async def next(self) -> tuple[int, Event]:
@@ -124,9 +113,14 @@ class Job:
         return out
 
 
-async def embed(engine: Engine, inputs: list[list[int]]) -> list[list[float]]:
-    """One vector per input, computed in the engine thread; a cancelled call cancels its work there."""
-    check_engine(engine)
+async def embed(app_state, inputs: list[list[int]], receive) -> list[list[float]]:
+    """One vector per input, computed in the engine thread between its decode steps.
+
+    Admitted as completions are (each input one sequence, so a full server answers 429), and a
+    client that leaves (ClientGone) or a cancelled call cancels its work there.
+    """
+    engine: Engine = app_state.engine
+    admit(app_state, len(inputs))
     loop = asyncio.get_running_loop()
     future = loop.create_future()
 
@@ -138,14 +132,42 @@ async def embed(engine: Engine, inputs: list[list[int]]) -> list[list[float]]:
 
     job = EmbedJob(inputs, done)
     engine.embed(job)
+    gone = asyncio.ensure_future(disconnected(receive))
     try:
-        vectors, error = await future
-    except asyncio.CancelledError:
-        engine.cancel(job)
-        raise
+        await asyncio.wait([future, gone], return_when=asyncio.FIRST_COMPLETED)
+        if not future.done():
+            raise ClientGone()
+    finally:
+        gone.cancel()
+        if not future.done():
+            engine.cancel(job)
+        app_state.inflight -= len(inputs)
+    vectors, error = future.result()
     if error:
         raise RuntimeError(error)
     return vectors
+
+
+def admit(app_state, sequences: int) -> None:
+    """Count `sequences` more in flight, or refuse them: 503 with no engine, 429 at capacity."""
+    engine: Engine = app_state.engine
+    check_engine(engine)
+    capacity = engine.slots + app_state.settings.max_queue
+    if app_state.inflight + sequences > capacity:
+        raise RequestError(
+            f"the server is at capacity ({capacity} sequences running or queued); retry shortly",
+            status=429,
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": "1"},
+        )
+    app_state.inflight += sequences
+
+
+async def disconnected(receive) -> None:
+    """Return when the client has closed the connection (the request's body is already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class EventStream(Response):
