@@ -653,6 +653,7 @@ def _assemble(
     metrics["bytes_kept"] = int(lengths.sum())
     metrics["languages"] = _languages(pa.chunked_array(writer.langs, pa.string()), lengths)
     metrics["files_skipped"] = len(skipped)
+    metrics["skipped_by_reason"] = dict(Counter(s["reason"] for s in skipped).most_common())
     metrics["length_bytes"] = _length_summary(lengths)
     for entry, acc in zip(entries, per_source, strict=True):
         entry["documents"] = acc["documents"]

@@ -63,7 +63,7 @@ def write_report(out: Path, metrics: dict, lengths: list[int] | None = None) -> 
         f"# Corpus report: {out.name}",
         "",
         f"{m['files_read']} files read ({_mb(m['bytes_in'])}), {m['files_failed']} could not be read, "
-        f"{m.get('files_skipped', 0)} of unknown type passed over.",
+        f"{m.get('files_skipped', 0)} files or archive members passed over (listed below).",
         "",
         "| | documents |",
         "|---|---:|",
@@ -104,7 +104,21 @@ def write_report(out: Path, metrics: dict, lengths: list[int] | None = None) -> 
     if m["errors"]:
         lines += ["", f"## Files that could not be read ({m['files_failed']})", ""]
         lines += [f"- `{e['path']}`: {e['reason']}" for e in m["errors"]]
+    lines += _passed_over(m)
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _passed_over(m: dict) -> list[str]:
+    """Files and archive members not read (unknown type, hidden, links out of the tree, unsafe names)."""
+    skipped = m.get("skipped", [])
+    if not skipped:
+        return []
+    lines = ["", f"## Passed over ({m['files_skipped']})", "", "| reason | files |", "|---|---:|"]
+    lines += [f"| {reason} | {n:,} |" for reason, n in m["skipped_by_reason"].items()]
+    lines += [""] + [f"- `{s['path']}`: {s['reason']}" for s in skipped]
+    if m["files_skipped"] > len(skipped):
+        lines.append(f"- … and {m['files_skipped'] - len(skipped):,} more in stats.json")
+    return lines
 
 
 def summary_table(metrics: dict, title: str) -> Table:
