@@ -183,21 +183,9 @@ def input_dir(workspace: Path, ref: dict) -> Path:
     return path
 
 
-REQUIRED = {
-    SCHEMA: (
-        "kind",
-        "name",
-        "id",
-        "seal",
-        "recipe",
-        "created",
-        "network",
-        "inputs",
-        "sources",
-        "config",
-        "files",
-    ),
-    OLD_SCHEMA: ("kind", "name", "id", "inputs", "config", "files"),
+REQUIRED = {  # the fields a manifest of each schema must have
+    SCHEMA: tuple("kind name id seal recipe created network inputs sources config files".split()),
+    OLD_SCHEMA: tuple("kind name id inputs config files".split()),
 }
 
 
@@ -459,8 +447,8 @@ def check_manifest(artifact: Artifact, label: str) -> list[Problem]:
                 label,
                 MANIFEST,
                 f"is of the older schema {OLD_SCHEMA}: only its files and an id over kind, config, input ids "
-                "and file hashes were checked; its sources, metrics, recipe, producer, created and name are "
-                "not covered by any hash. Re-run its stage to seal it under " + SCHEMA,
+                "and file hashes were checked; its name, sources, metrics, recipe, producer, created and its "
+                "inputs' manifests are not covered by any hash. Re-run its stage to seal it under " + SCHEMA,
             )
         )
     if content_id(manifest) != artifact.id:

@@ -171,7 +171,12 @@ def isolate() -> str | None:
         return f"{threads} threads are already running, and a namespace would hold only one of them"
     refused = _enter_namespace()
     if refused is None:
-        _bring_up_loopback()
+        try:
+            _bring_up_loopback()
+        except OSError as e:
+            raise UserError(
+                f"in a fresh network namespace, but `lo` would not come up ({e}); run with --no-isolate"
+            ) from e
     return refused
 
 
