@@ -196,6 +196,56 @@ def test_pii_redaction(text, expected, kinds):
     assert counts == kinds
 
 
+# Valid numbers: SNILS 112-233-445 95, INN 7707083893 (organisation) and 500100732259 (person),
+# American Express 3782 822463 10005 and 3714 496353 98431, Diners 3056 930902 5904.
+MISSED_BEFORE = [
+    ("СНИЛС 112 233 445 95", "СНИЛС <SNILS>", {"snils": 1}),  # spaces between the groups
+    ("номер 112 233 445 95.", "номер <SNILS>.", {"snils": 1}),  # spaces, no label
+    ("112 233 445-95", "<SNILS>", {"snils": 1}),  # spaces, then a hyphen
+    ("снилс 11223344595", "снилс <SNILS>", {"snils": 1}),  # lower-case label, no groups
+    ("SNILS: 11223344595", "SNILS: <SNILS>", {"snils": 1}),  # Latin label
+    ("Снилс № 11223344595", "Снилс № <SNILS>", {"snils": 1}),  # title case, №
+    ("инн 7707083893", "инн <INN>", {"inn": 1}),  # lower-case label
+    ("Инн: 500100732259", "Инн: <INN>", {"inn": 1}),
+    ("ИНН/КПП 7707083893/770701001", "ИНН/КПП <INN>/770701001", {"inn": 1}),  # KPP is no person's
+    ("inn 7707083893", "inn <INN>", {"inn": 1}),
+    ("Amex 3782 822463 10005.", "Amex <CARD>.", {"card": 1}),  # grouped 4-6-5
+    ("Amex 3714-496353-98431", "Amex <CARD>", {"card": 1}),
+    ("Diners 3056 930902 5904", "Diners <CARD>", {"card": 1}),  # grouped 4-6-4
+    ("звоните (495) 123-45-67", "звоните <PHONE>", {"phone": 1}),  # area code in brackets, no +7
+    ("тел. 8 (4012) 12-34-56", "тел. <PHONE>", {"phone": 1}),  # four-digit area code
+    ("тел. 8 (38522) 1-23-45", "тел. <PHONE>", {"phone": 1}),  # five-digit area code
+    ("тел.: 495-123-45-67", "тел.: <PHONE>", {"phone": 1}),  # 3-3-2-2 with hyphens
+    ("тел. (812) 123 45 67", "тел. <PHONE>", {"phone": 1}),  # brackets and spaces
+    ("серия 45 06 номер 123456", "серия <PASSPORT>", {"passport": 1}),  # no word "паспорт"
+    ("загранпаспорт 75 1234567", "загранпаспорт <PASSPORT>", {"passport": 1}),  # 2 + 7 digits
+]
+
+
+@pytest.mark.parametrize("text, expected, kinds", MISSED_BEFORE)
+def test_pii_common_formats_missed_before(text, expected, kinds):
+    """Reproduces issue 8.16: common formats went unredacted (the issue counted 19: SNILS with spaces or a lower-case or
+    Latin label, `инн` in lower case, `ИНН/КПП 7707083893/770701001`, Amex grouped 4-6-5,
+    `(495) 123-45-67`, …). Each is redacted now, still only when its check digits hold."""
+    assert redact(text) == (expected, kinds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "СНИЛС 112 233 445 96",  # check digits fail
+        "инн 7707083894",
+        "3782 822463 10006",  # Luhn fails
+        "длинн 7707083893",  # a word that ends in "инн" is no label
+        "в 1812 году 12 34 56 человек",
+        "серия 12 рассказов",
+        "счёт 1 234 567 890",
+    ],
+)
+def test_pii_wider_patterns_keep_their_checks(text):
+    assert redact(text) == (text, {})
+
+
 def test_pii_step_counts_and_notes():
     step = RedactPII()
     d = step(doc("write to a@b.org or c@d.com, call +7 495 123-45-67"))

@@ -3,9 +3,13 @@
 Each kind is a pattern and, where the number has one, its check: a card must pass Luhn, a SNILS
 and an INN their check digits, an IP address must parse. A number that fails its check is not
 personal data as far as we can tell and is left alone, so order numbers and ISBNs survive. INN and
-passport numbers are plain digit runs, so they are taken only next to their label ("ИНН 7707…",
-"паспорт 45 06 123456"). A redaction becomes a placeholder such as `<EMAIL>`, and the document's
-meta counts them.
+passport numbers are plain digit runs, so they are taken only next to their label, in any case and
+in Cyrillic or Latin ("ИНН 7707…", "инн", "ИНН/КПП 7707…/7707…", "паспорт 45 06 123456", "серия
+45 06 номер 123456"); a SNILS is taken grouped (spaces or hyphens) anywhere, or bare after its label.
+A redaction becomes a placeholder such as `<EMAIL>`, and the document's meta counts them.
+
+Not covered: names, postal addresses, dates of birth, numbers written in words or spelled out
+with other separators, e-mail addresses obfuscated as "at"/"dot", and documents of other countries.
 """
 
 from __future__ import annotations
@@ -18,15 +22,27 @@ from autarky.data.document import Document
 from autarky.data.steps import Transform
 
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}\b")
-_CARD = re.compile(r"(?<![\d-])[2-6]\d{3}(?:[ -]?\d{4}){2}[ -]?\d{1,7}(?![\d-])")
-_SNILS = re.compile(r"(?<![\d-])\d{3}-\d{3}-\d{3}[ -]\d{2}(?![\d-])|(?<=СНИЛС)(?P<bare>[: \t№]*\d{11})(?!\d)")
-_INN = re.compile(r"(?:ИНН|INN)[:\s№]*(?P<number>\d{12}|\d{10})(?!\d)")
+_CARD = re.compile(
+    r"(?<![\d-])(?:[2-6]\d{3}(?:[ -]?\d{4}){2}[ -]?\d{1,7}"  # 4-4-4-4 and longer: Visa, Mastercard, Mir
+    r"|3\d{3}[ -]?\d{6}[ -]?\d{4,5})(?![\d-])"  # 4-6-5 (American Express) and 4-6-4 (Diners)
+)
+_LABEL_START = r"(?<![^\W\d_])"  # a label starts a word: not the tail of "длинный"
+_SNILS = re.compile(
+    r"(?<![\d-])\d{3}[- ]\d{3}[- ]\d{3}[- ]\d{2}(?![\d-])"  # 112-233-445 95, 112 233 445 95, 112-233-445-95
+    rf"|{_LABEL_START}(?i:снилс|snils)[: \t№]*(?P<bare>\d{{11}})(?!\d)"  # снилс 11223344595
+)
+_INN = re.compile(
+    rf"{_LABEL_START}(?i:инн|inn)(?:\s*/\s*(?i:кпп|kpp))?[:\s№]*(?P<number>\d{{12}}|\d{{10}})(?!\d)"
+)
 _PASSPORT = re.compile(
-    r"(?i)(?:паспорт\w*|passport)(?:[^\d\n]{0,25})(?P<number>\d{2} ?\d{2}(?:[^\d\n]{0,12})\d{6})(?!\d)"
+    r"(?i)(?:паспорт\w*|passport|сери[яи])(?:[^\d\n]{0,25})"
+    r"(?P<number>\d{2} ?\d{2}(?:[^\d\n]{0,12})\d{6}|\d{2} ?\d{7})(?!\d)"  # 45 06 № 123456; abroad 75 1234567
     r"|(?i:passport)(?: no\.?| number| #)?[:\s]*(?P<intl>(?=[A-Z0-9]*\d)[A-Z0-9]{6,9})\b"
 )
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+7|8)[\s(-]*\d{3}[\s)-]*\d{3}[\s-]*\d{2}[\s-]*\d{2}(?![\d-])"  # Russian
+    r"|(?<![\w+])(?:(?:\+7|8)[\s-]*)?\(\d{3,5}\)[\s-]*\d{1,3}(?:[\s-]?\d{2}){2}(?![\d-])"  # (495) 123-45-67
+    r"|(?<![\w-])\d{3}-\d{3}-\d{2}-\d{2}(?![\d-])"  # 495-123-45-67
     r"|(?<![\w+])\+\d{1,3}(?:[\s.-]?\(?\d{1,4}\)?){2,5}(?![\d-])"  # international, with a +
     r"|(?<![\w-])\(\d{3}\)\s?\d{3}-\d{4}(?![\d-])|(?<![\w-])\d{3}-\d{3}-\d{4}(?![\d-])"  # North American
 )
@@ -102,7 +118,11 @@ RULES: list[Rule] = [
     (
         "snils",
         _SNILS,
-        lambda m: (" <SNILS>" if m["bare"] else "<SNILS>") if snils_valid(_digits(m[0])) else None,
+        lambda m: (
+            (_replace_group(m, "bare", "<SNILS>") if m["bare"] else "<SNILS>")
+            if snils_valid(_digits(m["bare"] or m[0]))
+            else None
+        ),
     ),
     ("inn", _INN, lambda m: _replace_group(m, "number", "<INN>") if inn_valid(m["number"]) else None),
     ("passport", _PASSPORT, lambda m: _replace_group(m, "number" if m["number"] else "intl", "<PASSPORT>")),
@@ -124,7 +144,7 @@ def _could_hold(kind: str, line: str, digits: int) -> bool:
         return (digits >= 4 and "." in line) or line.count(":") >= 2
     if kind == "passport":
         lower = line.lower()
-        return "паспорт" in lower or "passport" in lower
+        return "паспорт" in lower or "passport" in lower or "сери" in lower
     return digits >= 10  # phones, cards, SNILS and INN all have ten digits or more
 
 
