@@ -429,3 +429,15 @@ def test_tags_split_at_the_first_equals_sign():
     for bad in ("novalue", "=x", "docs::=x"):
         with pytest.raises(UserError, match="--tag"):
             parse_tags([bad])
+
+
+def test_every_setting_declares_its_default_and_help_once():
+    """The config dataclasses are the one source of defaults and help text the CLI is built from."""
+    import dataclasses
+
+    from autarky.data.executor import Executor
+
+    for cls in (CurateConfig, Executor):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help", "").strip(), f"{cls.__name__}.{f.name} has no help text"
+            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING

@@ -17,7 +17,7 @@ import pytest
 from autarky.console import UserError
 from autarky.data.curate import CurateConfig, curate
 from autarky.data.formats import roff_to_text
-from autarky.data.read import ReadOptions, Source, SourceError, find_sources, read_source
+from autarky.data.read import Source, SourceError, find_sources, read_source
 
 RUSSIAN = (
     "Я помню чудное мгновенье: передо мной явилась ты, как мимолетное виденье, как гений чистой красоты."
@@ -27,12 +27,12 @@ ENGLISH = "The quick brown fox jumps over the lazy dog, and then it runs far awa
 
 def texts(path: Path, **options) -> list[str]:
     (source,), _, _ = find_sources([path])
-    return [d.text for d in read_source(source, ReadOptions(**options))]
+    return [d.text for d in read_source(source, CurateConfig(**options).read_options)]
 
 
 def docs(path: Path) -> list:
     (source,), _, _ = find_sources([path])
-    return list(read_source(source, ReadOptions()))
+    return list(read_source(source, CurateConfig().read_options))
 
 
 def test_plain_text_in_legacy_encodings(tmp_path):
@@ -52,7 +52,12 @@ def test_jsonl_plain_gzip_and_zstd_with_fields(tmp_path):
     (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
     for name in ("a.jsonl", "b.jsonl.gz", "c.jsonl.zst"):
         assert texts(tmp_path / name, text_field="body") == [f"{ENGLISH} {i}" for i in range(3)]
-    found = list(read_source(find_sources([tmp_path / "a.jsonl"])[0][0], ReadOptions("body", "key")))
+    found = list(
+        read_source(
+            find_sources([tmp_path / "a.jsonl"])[0][0],
+            CurateConfig(text_field="body", id_field="key").read_options,
+        )
+    )
     assert [d.meta["source_id"] for d in found] == ["k0", "k1", "k2"]
 
 
@@ -219,7 +224,7 @@ def test_globs_and_tags(tmp_path):
     (tmp_path / "a" / "two.md").write_text(RUSSIAN)
     sources, _, _ = find_sources([tmp_path / "a" / "*.txt"], {"license": "CC-BY-4.0"})
     assert [Path(s.path).name for s in sources] == ["one.txt"]
-    (doc,) = read_source(sources[0], ReadOptions())
+    (doc,) = read_source(sources[0], CurateConfig().read_options)
     assert doc.tags == {"license": "CC-BY-4.0"}
 
 
@@ -289,7 +294,7 @@ def test_source_ids_differ_for_identical_files(tmp_path):
     (tmp_path / "b.txt").write_text(ENGLISH)
     sources, _, _ = find_sources([tmp_path])
     assert [s.copy for s in sources] == [0, 1]
-    ids = [d.id for s in sources for d in read_source(s, ReadOptions())]
+    ids = [d.id for s in sources for d in read_source(s, CurateConfig().read_options)]
     assert len(set(ids)) == 2
     assert isinstance(sources[0], Source)
 

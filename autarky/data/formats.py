@@ -35,15 +35,18 @@ class SourceError(Exception):
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How sources are read: the fields of tabular formats and the limits of one source's budget."""
+    """How sources are read: the fields of tabular formats and the limits of one source's budget.
 
-    text_field: str = "text"
-    id_field: str = "id"
-    max_expansion: int = 100  # decompressed bytes per byte on disk, within the two bounds below
-    min_budget_bytes: int = 256 << 20
-    max_budget_bytes: int = 4 << 30
-    entries_per_kib: int = 64  # archive members, lines, rows, records per KiB on disk, at least min_entries
-    min_entries: int = 10_000
+    The defaults and their meaning live in `CurateConfig` (its `read_options` makes one of these).
+    """
+
+    text_field: str
+    id_field: str
+    max_expansion: int  # decompressed bytes per byte on disk, within the two bounds below
+    min_budget_bytes: int
+    max_budget_bytes: int
+    entries_per_kib: int  # archive members, lines, rows, records per KiB on disk, at least min_entries
+    min_entries: int
 
 
 class Reading:

@@ -225,7 +225,7 @@ class ReadCheck(Filter):
 
     name = "read"
 
-    def __init__(self, max_chars: int = 10_000_000) -> None:
+    def __init__(self, max_chars: int) -> None:
         super().__init__()
         self.max_chars = max_chars
 
