@@ -404,7 +404,13 @@ def curate(
         "web", "--quality", help="Quality heuristics on: web (HTML/WARC text), all, or off."
     ),
     engine: str = typer.Option(
-        "local", "--engine", help="local (process pool) or ray ($RAY_ADDRESS or a local Ray)."
+        "local", "--engine", help="local (process pool) or ray (a Ray on 127.0.0.1, or --ray-address)."
+    ),
+    ray_address: str = typer.Option(
+        "", "--ray-address", help="With --engine ray: the Ray cluster to use; $RAY_ADDRESS is ignored."
+    ),
+    follow_links: bool = typer.Option(
+        False, "--follow-links", help="Follow links out of the given directories, and links to directories."
     ),
     no_mojibake: bool = typer.Option(
         False, "--no-mojibake-fix", help="Do not repair mis-decoded text (ftfy)."
@@ -441,6 +447,7 @@ def curate(
         id_field=id_field,
         tags=tags,
         source_tags=source_tags,
+        follow_links=follow_links,
         fix_mojibake=not no_mojibake,
         langid=not no_langid,
         languages=sorted(set(lang)),
@@ -457,7 +464,14 @@ def curate(
     if lang and no_langid:
         raise UserError("--lang needs language identification; drop --no-langid")
     corpus = run_curate(
-        sources, workdir, name=name, config=config, force=force, workers=workers or None, engine=engine
+        sources,
+        workdir,
+        name=name,
+        config=config,
+        force=force,
+        workers=workers or None,
+        engine=engine,
+        ray_address=ray_address,
     )
     if as_json:
         print(json.dumps(corpus.metrics, indent=2, ensure_ascii=False))
