@@ -1,9 +1,9 @@
-"""Corpus → packed token files: `train.bin`/`val.bin` and their document index, read by numpy memmap.
+"""Corpus → packed token files: `train.bin`/`val.bin`, read by numpy memmap.
 
 Each split is one flat array of token ids (uint16 while the vocabulary fits, else uint32), every
-document written as `<|bos|>` followed by its tokens, back to back. `{split}.idx.npy` holds the
-uint64 offset where each document's `<|bos|>` sits, so training can sample whole documents or
-plain windows alike, and `np.memmap` reads any slice without loading the file.
+document written as `<|bos|>` followed by its tokens, back to back, and `np.memmap` reads any slice
+without loading the file. Training samples plain windows of the stream; a document's start is its
+`<|bos|>`, so no separate index is kept.
 """
 
 from __future__ import annotations
@@ -94,21 +94,15 @@ def tokenize(
 
 
 def _write_split(corpus: Artifact, split: str, encoder: _Encoder, out: Path, advance) -> dict:
-    """Stream one split into `{split}.bin` and `{split}.idx.npy`; return its counts."""
+    """Stream one split into `{split}.bin`; return its counts."""
     documents = tokens = text_bytes = 0
-    starts = []
     with open(out / f"{split}.bin", "wb") as f:
-        for flat, lengths, nbytes in encoder.map(_batches(iter_texts(corpus, split))):
-            starts.append(tokens + np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.uint64))
+        for flat, n_documents, nbytes in encoder.map(_batches(iter_texts(corpus, split))):
             f.write(flat.tobytes())
-            documents += len(lengths)
+            documents += n_documents
             tokens += len(flat)
             text_bytes += nbytes
-            advance(len(lengths))
-    np.save(
-        out / f"{split}.idx.npy",
-        np.concatenate(starts).astype(np.uint64) if starts else np.zeros(0, np.uint64),
-    )
+            advance(n_documents)
     text_tokens = tokens - documents  # the <|bos|> of each document stands for no text
     return {
         "documents": documents,
@@ -119,7 +113,7 @@ def _write_split(corpus: Artifact, split: str, encoder: _Encoder, out: Path, adv
 
 
 class _Encoder:
-    """Batches of texts → (flat ids with a <|bos|> before each document, lengths, UTF-8 bytes), in order.
+    """Batches of texts → (flat ids with a <|bos|> before each document, documents, UTF-8 bytes), in order.
 
     One worker: in this process. More: a pool of single-threaded processes, with at most two batches
     per worker in flight so memory stays bounded however large the corpus.
@@ -147,7 +141,7 @@ class _Encoder:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
 
-    def map(self, batches: Iterator[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    def map(self, batches: Iterator[list[str]]) -> Iterator[tuple[np.ndarray, int, int]]:
         if self.pool is None:
             assert self.tokenizer is not None
             for batch in batches:
@@ -174,11 +168,10 @@ def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def _encode(tok: Tokenizer, texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray, int]:
+def _encode(tok: Tokenizer, texts: list[str], dtype: str) -> tuple[np.ndarray, int, int]:
     bos = tok.bos_id
     docs = [np.asarray([bos, *ids], dtype=dtype) for ids in tok.encode_batch(texts)]
-    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-    return np.concatenate(docs), lengths, sum(len(t.encode()) for t in texts)
+    return np.concatenate(docs), len(docs), sum(len(t.encode()) for t in texts)
 
 
 _worker_tokenizer: Tokenizer | None = None
@@ -190,7 +183,7 @@ def _init_worker(tokenizer_path: str) -> None:
     _worker_tokenizer = Tokenizer.load(tokenizer_path)
 
 
-def _encode_in_worker(texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray, int]:
+def _encode_in_worker(texts: list[str], dtype: str) -> tuple[np.ndarray, int, int]:
     assert _worker_tokenizer is not None
     return _encode(_worker_tokenizer, texts, dtype)
 
@@ -222,10 +215,3 @@ def load_tokens(tokens: Artifact, split: str) -> np.memmap:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; a tokens artifact holds {', '.join(SPLITS)}")
     return np.memmap(tokens.path / f"{split}.bin", dtype=tokens.config["dtype"], mode="r")
-
-
-def load_index(tokens: Artifact, split: str) -> np.ndarray:
-    """The offset of each document's `<|bos|>` in `load_tokens(tokens, split)`, memory-mapped."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; a tokens artifact holds {', '.join(SPLITS)}")
-    return np.load(tokens.path / f"{split}.idx.npy", mmap_mode="r")

@@ -1,4 +1,4 @@
-"""The tokens stage: packed train/val files, their document index, and what goes wrong."""
+"""The tokens stage: packed train/val files, and what goes wrong."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from autarky import artifact
 from autarky.console import UserError
 from autarky.data.corpus import iter_texts
 from autarky.tokenizer import Tokenizer, train_tokenizer
-from autarky.tokens import dtype_for, load_index, load_tokens, tokenize
+from autarky.tokens import dtype_for, load_tokens, tokenize
 from tests.test_tokenizer import make_corpus
 
 
@@ -38,14 +38,13 @@ def tokens(corpus, tokenizer, work):
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_every_document_is_bos_then_its_tokens(tokens, corpus, tokenizer, split):
     tok = Tokenizer.load(tokenizer)
-    data, index = load_tokens(tokens, split), load_index(tokens, split)
-    assert isinstance(data, np.memmap) and data.dtype == np.uint16 and index.dtype == np.uint64
+    data = load_tokens(tokens, split)
+    assert isinstance(data, np.memmap) and data.dtype == np.uint16
     m = tokens.metrics[split]
     texts = list(iter_texts(corpus, split))
     assert len(data) == m["tokens"] == (tokens.path / f"{split}.bin").stat().st_size // 2
-    assert len(index) == m["documents"] == len(texts)
-    assert index[0] == 0 and (data[index] == tok.bos_id).all()
-    assert (data == tok.bos_id).sum() == len(index)  # no <|bos|> anywhere but at a document's start
+    index = np.flatnonzero(data == tok.bos_id)  # no <|bos|> anywhere but at a document's start
+    assert len(index) == m["documents"] == len(texts) and index[0] == 0
     ends = [*index[1:], len(data)]
     for text, start, end in zip(texts, index, ends, strict=True):
         assert data[start + 1 : end].tolist() == tok.encode(text)
@@ -56,7 +55,7 @@ def test_every_document_is_bos_then_its_tokens(tokens, corpus, tokenizer, split)
 def test_manifest_names_inputs_and_dtype(tokens, corpus, tokenizer):
     assert tokens.config["dtype"] == "uint16" == tokens.metrics["dtype"]
     assert [i["id"] for i in tokens.manifest["inputs"]] == [corpus.id, tokenizer.id]
-    assert set(tokens.manifest["files"]) == {"train.bin", "val.bin", "train.idx.npy", "val.idx.npy"}
+    assert set(tokens.manifest["files"]) == {"train.bin", "val.bin"}
 
 
 def test_dtype_follows_the_vocabulary():
@@ -67,7 +66,7 @@ def test_dtype_follows_the_vocabulary():
 def test_worker_processes_write_the_same_bytes(tokens, corpus, tokenizer, work):
     pooled = tokenize(corpus, tokenizer, work, name="pooled", workers=2)
     assert pooled.id == tokens.id  # same inputs, config and bytes: the same content-addressed id
-    for f in ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy"):
+    for f in ("train.bin", "val.bin"):
         assert (pooled.path / f).read_bytes() == (tokens.path / f).read_bytes()
     assert pooled.metrics == tokens.metrics
 

@@ -1,3 +1,5 @@
+import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -6,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from autarky import artifact
 from autarky.console import UserError
@@ -27,7 +30,7 @@ def test_loss_falls_and_the_artifact_is_complete(trained):
         "loss.png",
     ):
         assert (trained.path / f).is_file(), f
-    assert not (trained.path / "checkpoint.pt").exists()  # training state is dropped once sealed
+    assert not (trained.path / "checkpoint.safetensors").exists()  # training state is dropped once sealed
     tokenizer_config = json.loads((trained.path / "tokenizer_config.json").read_text())
     assert (
         tokenizer_config["model_max_length"]
@@ -101,7 +104,7 @@ def test_killed_run_resumes_to_the_same_loss(pipeline):
     while time.time() < deadline:
         history = run_dir / "metrics.jsonl"
         if (
-            (run_dir / "checkpoint.pt").exists()
+            (run_dir / "checkpoint.safetensors").exists()
             and history.exists()
             and len(history.read_text().splitlines()) >= 15
         ):
@@ -149,10 +152,10 @@ def test_resuming_a_run_that_had_reached_its_last_step_seals_it_with_its_quality
         raise KeyboardInterrupt  # the last checkpoint is written; the model is not yet sealed
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("autarky.train.save_pretrained", killed)
+        mp.setattr("autarky.train.pretrain.save_pretrained", killed)
         with pytest.raises(KeyboardInterrupt):
             train(tokens, work, config, name="short")
-    assert (work / "model" / "short" / "checkpoint.pt").exists()
+    assert (work / "model" / "short" / "checkpoint.safetensors").exists()
     again = train(tokens, work, config, name="short", resume=True)
     assert again.metrics["val_loss"] == reference.metrics["val_loss"] and again.metrics["steps"] == 3
     assert again.id == reference.id
@@ -180,7 +183,7 @@ def test_corrupt_checkpoint_is_a_clear_error(pipeline):
     env = cli_env(pipeline.workdir)
     run_dir = pipeline.workdir / "model" / "corrupt"
     run_dir.mkdir(parents=True)
-    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (run_dir / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
     out = subprocess.run(
         _train_cli(pipeline, "corrupt", "--resume"), env=env, capture_output=True, text=True, timeout=120
     )
@@ -198,3 +201,169 @@ def test_unknown_preset_is_a_clear_error(pipeline):
     )
     assert out.returncode == 2 and "unknown preset" in out.stderr and "Traceback" not in out.stderr
     assert not (pipeline.workdir / "model" / "nopreset").exists()
+
+
+def test_force_replaces_a_finished_model(pipeline):
+    first = train(
+        pipeline.tokens, pipeline.workdir, TrainConfig(**{**TINY_TRAIN, "max_steps": 2}), name="forced"
+    )
+    (first.path / "stale.txt").write_text("left by the first run")
+    second = train(
+        pipeline.tokens,
+        pipeline.workdir,
+        TrainConfig(**{**TINY_TRAIN, "max_steps": 3}),
+        name="forced",
+        force=True,
+    )
+    assert second.id != first.id and second.metrics["steps"] == 3
+    assert artifact.load(pipeline.workdir / "model" / "forced").id == second.id
+    files = {p.name for p in second.path.iterdir()} - {"manifest.json"}
+    assert files == set(second.manifest["files"])  # nothing of the first run is left
+    assert artifact.verify(second.path)[1] == []
+
+
+class _RunsCode:
+    """Unpickling this makes a directory: the stand-in for a planted payload."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_pickled_checkpoint_is_never_loaded(pipeline, tmp_path):
+    """Issue 8.1: `train --resume` unpickled checkpoint.pt with weights_only=False, so a checkpoint
+    planted in an unfinished run ran its code. Checked against the code before the fix: the marker
+    directory was made and the resume died with a KeyError."""
+    import torch
+
+    marker = tmp_path / "code-ran"
+    run_dir = pipeline.workdir / "model" / "planted"
+    run_dir.mkdir(parents=True)
+    torch.save({"model": _RunsCode(marker)}, run_dir / "checkpoint.pt")
+    with pytest.raises(UserError, match="never loads"):
+        train(pipeline.tokens, pipeline.workdir, TrainConfig(**TINY_TRAIN), name="planted", resume=True)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("header", "tensors", "error"),
+    [
+        ({"step": 1, "elapsed": 0.0}, {"model/lm_head.weight": (3, 3)}, "does not fit this model"),
+        ({"step": -1, "elapsed": 0.0}, {}, "no valid step"),
+        ({"step": 1, "elapsed": 0.0, "config": {"lr": 1.0}}, {}, "config changed"),
+        (None, {}, "no valid step"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_is_a_clear_error(pipeline, tmp_path, header, tensors, error):
+    """A checkpoint is untrusted input: its header and every tensor's name and shape are checked."""
+    import torch
+    from safetensors.torch import save_file
+
+    config = TrainConfig(**TINY_TRAIN)
+    run_dir = pipeline.workdir / "model" / tmp_path.name
+    run_dir.mkdir(parents=True)
+    if header is not None:
+        header = {"config": dataclasses.asdict(config), **header}
+    metadata = {"autarky": json.dumps(header)} if header is not None else None
+    save_file(
+        {k: torch.zeros(shape) for k, shape in tensors.items()} or {"x": torch.zeros(1)},
+        str(run_dir / "checkpoint.safetensors"),
+        metadata=metadata,
+    )
+    with pytest.raises(UserError, match=error):
+        train(pipeline.tokens, pipeline.workdir, config, name=run_dir.name, resume=True)
+
+
+def _killed_at_forward(pipeline, name: str, calls: int) -> None:
+    """Run TINY_TRAIN and stop it, as a kill would, at the model's `calls`-th forward pass."""
+    from autarky.model import Llama
+
+    forward, seen = Llama.forward, []
+
+    def counted(self, *args, **kwargs):
+        seen.append(1)
+        if len(seen) == calls:
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(Llama, "forward", counted)
+        train(pipeline.tokens, pipeline.workdir, TrainConfig(**TINY_TRAIN), name=name)
+
+
+def test_a_torn_last_line_of_the_metrics_log_is_dropped_on_resume(pipeline, trained):
+    """Issue 8.18: a kill mid-write leaves metrics.jsonl with a torn last line, and `--resume`
+    crashed on it with a JSONDecodeError traceback. Checked against the code before the fix (same
+    test, the old train module): it raised JSONDecodeError. A damaged line elsewhere is refused,
+    and a file the run did not write is removed rather than sealed into the artifact."""
+    import shutil
+
+    _killed_at_forward(pipeline, "torn", calls=45)  # step 0 and 20 evaluated, checkpoint at 20
+    run_dir = pipeline.workdir / "model" / "torn"
+    assert any(run_dir.glob("checkpoint.*"))
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 21, "lo')
+    damaged = run_dir.with_name("torn-damaged")
+    shutil.copytree(run_dir, damaged)
+    lines = (damaged / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (damaged / "metrics.jsonl").write_text("".join([lines[0], "not json\n", *lines[1:]]))
+    (run_dir / "model.safetensors").write_bytes(b"planted")  # anything stray would be sealed too
+    resumed = train(pipeline.tokens, pipeline.workdir, TrainConfig(**TINY_TRAIN), name="torn", resume=True)
+    assert resumed.id == trained.id
+    with pytest.raises(UserError, match="line 2 of"):
+        train(pipeline.tokens, pipeline.workdir, TrainConfig(**TINY_TRAIN), name=damaged.name, resume=True)
+
+
+class _Bigram(torch.nn.Module):
+    """The smallest model `fit` can train: next-token logits from the current token alone."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.logits = torch.nn.Embedding(vocab_size, vocab_size)
+
+    def forward(self, x, y):
+        logits = self.logits(x)
+        return logits, torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+def test_fit_reads_the_device_only_at_sync_points_and_prefetches_in_order(monkeypatch):
+    """fit works on any model, batch function and evaluation; losses stay tensors between sync points."""
+    from autarky.train import Progress, fit
+
+    fit_module = importlib.import_module("autarky.train.fit")  # the package's `fit` is the function
+
+    data = torch.arange(1000) % 7
+    asked, synced, saved = [], [], []
+
+    def batches(step, micro):
+        asked.append((step, micro))
+        i = (step * 2 + micro) % 900
+        return data[i : i + 8].view(1, 8), data[i + 1 : i + 9].view(1, 8)
+
+    read_back = fit_module.read_back
+    monkeypatch.setattr(
+        fit_module, "read_back", lambda records: synced.append(records[-1]["step"]) or read_back(records)
+    )
+    model = _Bigram(7)
+    config = TrainConfig(
+        max_steps=25, grad_accum=2, eval_interval=20, checkpoint_interval=100, lr=0.1, warmup_steps=0
+    )
+    done = fit(
+        model,
+        torch.optim.AdamW(model.parameters()),
+        batches,
+        lambda: {"val_loss": 1.0},
+        config,
+        Progress(),
+        checkpoint=lambda step, elapsed: saved.append(step),
+    )
+    assert asked == [(s, m) for s in range(25) for m in (0, 1)] + [(25, 0)]
+    assert synced == [0, 10, 20, 25] and saved == [25] and done.step == 25
+    assert [h["step"] for h in done.history if "loss" in h] == list(range(1, 26))
+    assert all(
+        type(h["loss"]) is float and type(h["grad_norm"]) is float for h in done.history if "loss" in h
+    )
+    assert [h["step"] for h in done.history if "val_loss" in h] == [0, 20, 25]
+    assert done.history[-1]["loss"] < done.history[1]["loss"]

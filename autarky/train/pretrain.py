@@ -1,0 +1,259 @@
+"""Pretraining: a tokens artifact and a recipe → a model artifact, in three parts.
+
+`prepare` settles the run directory (start, resume or refuse), loads the token arrays and builds
+the model and optimizer; `fit` (fit.py) runs the loop; `seal` writes the model directory (weights,
+tokenizer files, loss plot), its metrics and its manifest.
+
+Batches are a pure function of (seed, step, micro-batch), the schedule a pure function of progress,
+and the model and optimizer state are checkpointed atomically, so a step-budgeted run killed at any
+point and resumed with `resume=True` reaches the same numbers, and the same artifact id, as one that
+was never interrupted (on CPU, bit for bit). A `minutes` budget ends wherever the clock says, so it
+cannot promise that. The checkpoint lives in the run directory until the model is sealed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autarky import artifact
+from autarky.artifact import Artifact, sha256_file, write_atomic
+from autarky.console import UserError, console
+from autarky.evaluate import bits_per_byte, token_byte_lengths
+from autarky.machine import best_device
+from autarky.model import Llama, load_pretrained, preset_config, save_pretrained
+from autarky.tokenizer import Tokenizer
+from autarky.tokens import load_tokens
+from autarky.train.checkpoint import (
+    CHECKPOINT,
+    HISTORY,
+    PICKLED_CHECKPOINT,
+    load_checkpoint,
+    read_history,
+    save_checkpoint,
+)
+from autarky.train.config import TrainConfig
+from autarky.train.fit import Batches, Progress, autocast_for, fit
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def get_batch(
+    data: np.ndarray, seed: int, step: int, micro: int, batch_size: int, seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows chosen by (seed, step, micro) alone, so a resumed run sees the same batches."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro)
+    ix = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=g).tolist()
+    chunk = torch.from_numpy(np.stack([data[i : i + seq_len + 1].astype(np.int64) for i in ix]))
+    return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+
+
+@dataclass
+class Run:
+    """What `fit` needs for one pretraining run, as `prepare` leaves it."""
+
+    model: Llama
+    optimizer: torch.optim.Optimizer
+    batches: Batches
+    evaluate: Callable[[], dict[str, float]]
+    progress: Progress
+
+
+def train(
+    tokens: Artifact,
+    workdir: Path,
+    config: TrainConfig | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    init: Artifact | None = None,
+) -> Artifact:
+    """Train a model on a tokens artifact (from scratch, or from `init`'s weights) into a model artifact."""
+    config = config or TrainConfig()
+    config.validate()
+    upstream = tokens.inputs("tokenizer")
+    if not upstream:
+        raise UserError(f"{tokens.path} names no tokenizer among its inputs")
+    tokenizer = upstream[0]
+    inputs = [tokens, tokenizer] + ([init] if init else [])
+    recipe = asdict(config)
+    name = name or artifact.default_name(config.preset, "model", recipe, inputs)
+    builder = artifact.Builder(workdir, "model", name, recipe, inputs, keep_on_error=True)
+    if (found := builder.existing(force=force)) is not None:
+        console.print(f"reusing finished model {found.path}")
+        return found
+    run = prepare(builder.dir, tokens, tokenizer, config, resume, force, init)
+    with builder:
+        history = builder.dir / HISTORY
+        write_atomic(history, "".join(json.dumps(r) + "\n" for r in run.progress.history))
+
+        def log(records: list[dict]) -> None:
+            with open(history, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+
+        def checkpoint(step: int, elapsed: float) -> None:
+            save_checkpoint(builder.dir / CHECKPOINT, run.model, run.optimizer, step, elapsed, config)
+
+        progress = fit(
+            run.model, run.optimizer, run.batches, run.evaluate, config, run.progress, log, checkpoint
+        )
+        return seal(builder, run.model, tokenizer, config, progress)
+
+
+def prepare(
+    run_dir: Path,
+    tokens: Artifact,
+    tokenizer: Artifact,
+    config: TrainConfig,
+    resume: bool,
+    force: bool,
+    init: Artifact | None,
+) -> Run:
+    """Settle the run directory, load the token arrays, build the model and optimizer, resume if asked."""
+    settle_run_dir(run_dir, resume, force)
+    train_data, val_data = load_tokens(tokens, "train"), load_tokens(tokens, "val")
+    if len(train_data) <= config.seq_len + 1:
+        raise UserError(
+            f"the training split has {len(train_data)} tokens, fewer than one window of {config.seq_len + 1}; use a smaller --seq-len or more data"
+        )
+    if len(val_data) < 2:
+        raise UserError("the validation split is empty; curate more documents")
+    tok = Tokenizer.load(tokenizer)
+    model = build_model(config, tokenizer, tok.vocab_size, init)
+    if config.seq_len > model.config.max_position_embeddings:
+        raise UserError(
+            f"--seq-len {config.seq_len} exceeds the model's context of {model.config.max_position_embeddings}"
+        )
+    device = best_device()
+    model.to(device).train()
+    optimizer = model.configure_optimizer(config.lr, config.weight_decay, (config.beta1, config.beta2))
+    progress = Progress()
+    if resume and (run_dir / CHECKPOINT).exists():
+        progress.step, progress.elapsed = load_checkpoint(run_dir / CHECKPOINT, model, optimizer, config)
+        console.print(f"resuming {run_dir} at step {progress.step}")
+    progress.history = read_history(run_dir / HISTORY, progress.step)
+
+    def batches(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = get_batch(train_data, config.seed, step, micro, config.batch_size, config.seq_len)
+        if device.type == "cuda":  # pinned memory lets the copy overlap the device's work
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    token_bytes, autocast = token_byte_lengths(tok), autocast_for(config.precision, device)
+
+    def evaluate() -> dict[str, float]:
+        score = bits_per_byte(
+            model, val_data, token_bytes, config.seq_len, config.eval_tokens, config.batch_size, autocast
+        )
+        return {"val_loss": score.loss, "val_bpb": score.bpb}
+
+    return Run(model, optimizer, batches, evaluate, progress)
+
+
+def settle_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """Start over in an unfinished run directory, keep it to resume, or refuse to touch it.
+
+    Resuming keeps only the checkpoint and the metrics log: any other file there would be sealed
+    into the artifact, and the run writes every file it needs again.
+    """
+    if not run_dir.exists():
+        return
+    if not resume:
+        if force or not any((run_dir / f).exists() for f in (CHECKPOINT, PICKLED_CHECKPOINT)):
+            shutil.rmtree(run_dir)
+            return
+        raise UserError(
+            f"an unfinished run is in {run_dir}; pass --resume to continue it or --force to start over"
+        )
+    if (run_dir / PICKLED_CHECKPOINT).exists():
+        raise UserError(
+            f"{run_dir} holds {PICKLED_CHECKPOINT}, a pickled checkpoint, which autarky never loads "
+            "(unpickling can run any code); delete the run directory or pass --force to start over"
+        )
+    if not (run_dir / CHECKPOINT).exists():
+        shutil.rmtree(run_dir)
+        return
+    for path in run_dir.iterdir():
+        if path.name not in (CHECKPOINT, HISTORY):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def build_model(config: TrainConfig, tokenizer: Artifact, vocab_size: int, init: Artifact | None) -> Llama:
+    """A fresh model of the preset sized to the tokenizer, or `init`'s weights when fine-tuning."""
+    torch.manual_seed(config.seed)
+    if init is None:
+        return Llama(preset_config(config.preset, vocab_size))
+    ours, theirs = tokenizer.path / "tokenizer.json", init.path / "tokenizer.json"
+    if not theirs.is_file() or sha256_file(theirs) != sha256_file(ours):
+        raise UserError(
+            f"{init.path} was trained with another tokenizer than {tokenizer.path}; "
+            "tokenize the data with the model's own tokenizer"
+        )
+    return load_pretrained(init.path)
+
+
+def seal(
+    builder: artifact.Builder, model: Llama, tokenizer: Artifact, config: TrainConfig, progress: Progress
+) -> Artifact:
+    """Write the model directory, the loss plot and the metrics, drop the checkpoint, write the manifest."""
+    directory = builder.dir
+    save_pretrained(model.cpu(), directory, generation={"max_length": model.config.max_position_embeddings})
+    for f in TOKENIZER_FILES:
+        if (tokenizer.path / f).is_file():
+            shutil.copy2(tokenizer.path / f, directory / f)
+    # The model's copy of the tokenizer tells transformers this model's context, not a generic one.
+    tokenizer_config = directory / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        settings = json.loads(tokenizer_config.read_text())
+        settings["model_max_length"] = model.config.max_position_embeddings
+        tokenizer_config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    history = progress.history
+    plot_losses(history, directory / "loss.png")
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    evaluations = [h for h in history if "val_loss" in h]  # the last step is always evaluated
+    builder.metrics = {
+        "parameters": model.num_params(),
+        "steps": progress.step,
+        "tokens_seen": progress.step * config.batch_size * config.seq_len * config.grad_accum,
+        "train_seconds": round(progress.elapsed, 2),
+        "tokens_per_s": round(progress.tokens_per_s, 1) if progress.tokens_per_s else None,
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "initial_val_loss": evaluations[0]["val_loss"],
+        "val_loss": evaluations[-1]["val_loss"],
+        "val_bpb": evaluations[-1]["val_bpb"],
+    }
+    # A sealed model holds weights, not optimizer state: a third of the bytes, and identical runs,
+    # resumed or not, give identical files and so the same id.
+    (directory / CHECKPOINT).unlink(missing_ok=True)
+    return builder.finish()
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
