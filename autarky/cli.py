@@ -307,8 +307,15 @@ def serve(
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting for a slot before 429s."),
     prefill_chunk: int = typer.Option(128, "--prefill-chunk", help="Prompt tokens per engine step."),
     max_body: int = typer.Option(1_000_000, "--max-body", help="Largest request body in bytes (else 413)."),
-    api_key: list[str] = typer.Option([], "--api-key", help="A key clients send as Bearer (repeatable)."),
-    api_keys_file: Path = typer.Option(None, "--api-keys-file", help="A file of keys, one a line."),
+    api_key: list[str] = typer.Option(
+        [],
+        "--api-key",
+        help="A key clients send as Bearer (repeatable). Every local user can read it in the process "
+        "list: prefer --api-keys-file or $AUTARKY_API_KEYS.",
+    ),
+    api_keys_file: Path = typer.Option(
+        None, "--api-keys-file", help="A file of keys, one a line (also: $AUTARKY_API_KEYS, comma-separated)."
+    ),
     audit_log: Path = typer.Option(None, "--audit-log", help="Default <workdir>/audit/serve.jsonl."),
     audit_content: bool = typer.Option(False, "--audit-content", help="Also log prompt and completion text."),
     name: str = typer.Option(None, "--name", help="Model name clients use (default: the directory name)."),
@@ -319,10 +326,18 @@ def serve(
     allow_no_key: bool = typer.Option(
         False, "--allow-no-key", help="Allow a non-loopback --host with no API key (anyone who can reach it)."
     ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="A Host name clients may use besides the bind address (repeatable; * for any).",
+    ),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds for a request's headers."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds for a request's body."),
+    max_connections: int = typer.Option(512, "--max-connections", help="Open connections (more get 503)."),
 ) -> None:
     """Serve a model with an OpenAI-compatible API and a web chat page.
 
-    Example: [bold]autarky serve work/model/demo --api-key $(openssl rand -hex 16)[/]
+    Example: [bold]AUTARKY_API_KEYS=$(openssl rand -hex 16) autarky serve work/model/demo[/]
     """
     from autarky.serve import ServeConfig
     from autarky.serve import serve as run_serve
@@ -344,6 +359,10 @@ def serve(
         threads=threads,
         max_model_len=max_model_len,
         allow_no_key=allow_no_key,
+        allowed_hosts=allowed_host,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections=max_connections,
     )
     run_serve(path, config)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 import socket
@@ -16,12 +17,15 @@ import pytest
 import torch
 import uvicorn
 
+from autarky.artifact import Builder
 from autarky.console import UserError
 from autarky.generate import SamplingParams
 from autarky.model import Llama, load_pretrained, preset_config, save_pretrained
-from autarky.serve import ServeConfig, build_app, check_exposure
+from autarky.serve import SERVED_FILES, ServeConfig, build_app, check_exposure, serve
 from autarky.serve import engine as engine_module
-from autarky.serve.access import AuditLog, Keys, key_id
+from autarky.serve.access import AuditLog, Keys, key_id, key_id_secret
+from autarky.serve.connection import Limits, server_config
+from autarky.serve.gate import HostPolicy
 from autarky.serve.precision import Int8Linear, decode_weight_bytes, prepare, quantize_int8
 from autarky.tokenizer import SPECIAL_TOKENS, Tokenizer
 from autarky.train import TOKENIZER_FILES
@@ -53,17 +57,15 @@ def make_model_dir(root: Path) -> Path:
 
 
 class Server:
-    """uvicorn on a free loopback port in a thread."""
+    """uvicorn on a free loopback port in a thread, as `autarky serve` runs it."""
 
-    def __init__(self, app):
+    def __init__(self, app, limits: Limits = Limits()):
         self.engine = app.state.engine
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
+        self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.port, limits))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> Server:
@@ -528,10 +530,348 @@ def test_health_is_503_when_the_engine_is_not_running(model_dir):
     settings.audit.close()
 
 
+# ---------------------------------------------------------------- one request must not hurt another
+
+
+def post_json(url: str, raw: str, **kw) -> httpx.Response:
+    """A body sent as written (JSON with NaN, say, which httpx's json= would refuse to send)."""
+    return httpx.post(url, content=raw.encode(), headers={"content-type": "application/json"}, **kw)
+
+
+def test_sampling_values_that_break_the_arithmetic_are_400s(server, client):
+    """`temperature` 1e-45 turned the logits into inf and NaN and failed every request in flight.
+
+    A temperature is 0 (greedy) or from 0.01 to 2, and no number may be NaN or infinite.
+    """
+    url = server.url + "/v1/chat/completions"
+    good = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    for temperature in (1e-45, 5e-324, 0.009):
+        assert_openai_error(httpx.post(url, json={**good, "temperature": temperature}), 400, "temperature")
+    head = json.dumps(good)[:-1]
+    for field, value in [
+        ("temperature", "NaN"),
+        ("top_p", "NaN"),
+        ("presence_penalty", "-Infinity"),
+        ("frequency_penalty", "Infinity"),
+    ]:
+        assert_openai_error(post_json(url, f'{head}, "{field}": {value}}}'), 400, field)
+    legacy = '{"model": "tiny", "prompt": "x", "max_tokens": 2, "temperature": 1e-45}'
+    assert_openai_error(post_json(server.url + "/v1/completions", legacy), 400, "temperature")
+    for temperature in (0, 0.01, 2):
+        assert chat(client, max_tokens=3, temperature=temperature).usage.completion_tokens == 3
+
+
+def test_stop_strings_are_bounded_in_number_and_length(server, client):
+    """Stop strings had no length limit (each is searched for at every token): at most 4, of at most
+    256 characters each, else a 400."""
+    url = server.url + "/v1/chat/completions"
+    good = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    for stop in (["a"] * 5, "x" * 257, ["ok", "y" * 100_000], [""], ""):
+        assert_openai_error(httpx.post(url, json={**good, "stop": stop}), 400, "stop")
+    legacy = {"model": "tiny", "prompt": "x", "max_tokens": 2, "stop": "z" * 257}
+    assert_openai_error(httpx.post(server.url + "/v1/completions", json=legacy), 400, "stop")
+    assert chat(client, max_tokens=3, stop=["q" * 256] * 4).choices[0].finish_reason == "length"
+
+
+def test_tokenizing_a_prompt_leaves_the_event_loop_free(server, monkeypatch):
+    """A 1 MB prompt was tokenized on the event loop: /health went from 3 ms to 1.2 s for everyone.
+
+    Tokenizing is made to wait here; /health must answer meanwhile, for every endpoint that tokenizes.
+    """
+    tokenizer = server.engine.tokenizer
+    encode, entered, release = tokenizer.encode, threading.Event(), threading.Event()
+
+    def slow_encode(text: str) -> list[int]:
+        if "SLOW" in text:
+            entered.set()
+            release.wait(10)
+        return encode(text)
+
+    monkeypatch.setattr(tokenizer, "encode", slow_encode)
+    chat_body = {"model": "tiny", "messages": [{"role": "user", "content": "SLOW"}], "max_tokens": 1}
+    for path, body in [
+        ("/v1/chat/completions", chat_body),
+        ("/v1/completions", {"model": "tiny", "prompt": "SLOW", "max_tokens": 1}),
+        ("/v1/embeddings", {"model": "tiny", "input": "SLOW"}),
+        ("/tokenize", {"prompt": "SLOW"}),
+        ("/tokenize", {"messages": [{"role": "user", "content": "SLOW"}]}),
+    ]:
+        entered.clear()
+        release.clear()
+        done = {}
+        worker = threading.Thread(
+            target=lambda: done.update(r=httpx.post(server.url + path, json=body, timeout=30))  # noqa: B023
+        )
+        worker.start()
+        assert entered.wait(10), path
+        try:
+            assert httpx.get(server.url + "/health", timeout=3).status_code == 200, path
+        finally:
+            release.set()
+            worker.join(30)
+        assert done["r"].status_code == 200, (path, done["r"].text)
+
+
+def test_text_too_long_for_the_context_is_refused_before_tokenizing(server, monkeypatch):
+    """Text longer than the context could hold (the longest token times the context) is a 400 at once,
+    so a near-1 MB prompt costs no tokenizer time."""
+    monkeypatch.setattr(server.engine.tokenizer, "encode", lambda text: pytest.fail("tokenized"))
+    huge = "word " * 150_000
+    url = server.url + "/v1/chat/completions"
+    body = {"model": "tiny", "messages": [{"role": "user", "content": huge}]}
+    error = assert_openai_error(httpx.post(url, json=body), 400, "messages")
+    assert error["code"] == "context_length_exceeded"
+    legacy = {"model": "tiny", "prompt": ["short", huge]}
+    assert_openai_error(httpx.post(server.url + "/v1/completions", json=legacy), 400, "prompt")
+    embed = {"model": "tiny", "input": huge}
+    assert_openai_error(httpx.post(server.url + "/v1/embeddings", json=embed), 400, "input")
+
+
+def read_until_closed(sock: socket.socket, deadline: float) -> bytes | None:
+    """What the server sends until it closes the connection; None if it is still open at `deadline`."""
+    data = b""
+    try:
+        while True:
+            sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            if not (chunk := sock.recv(4096)):
+                return data
+            data += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        return data
+
+
+def test_half_sent_requests_are_closed_in_time_and_others_are_served(model_dir, tmp_path):
+    """Slowloris: 500 half-sent requests all stayed open after 75 s.
+
+    Now a request's head must arrive within the header timeout and its body within the body
+    timeout, else the connection is closed (a late body is answered 408 and audited so).
+    """
+    audit = tmp_path / "audit.jsonl"
+    app, settings = build_app(model_dir, ServeConfig(slots=1, audit_log=audit))
+    limits = Limits(header_timeout=1.0, body_timeout=1.0, max_connections=100)
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    with Server(app, limits) as s:
+        started = time.monotonic()
+        sockets = []
+        for i in range(30):
+            sock = socket.create_connection(("127.0.0.1", s.port))
+            if i % 3 == 0:
+                sock.sendall(head + b"X-Slow: ")  # half a head
+            elif i % 3 == 1:
+                sock.sendall(head + b"Content-Length: 100\r\n\r\n" + b'{"model": "m')  # half a body
+            sockets.append(sock)  # and every third says nothing at all
+        assert httpx.get(s.url + "/health", timeout=5).status_code == 200  # others are served meanwhile
+        answers = [read_until_closed(sock, started + 4) for sock in sockets]  # 1 s timeouts, 3 s spare
+        for i, answer in enumerate(answers):
+            assert answer is not None, f"connection {i} is still open"
+            assert answer.startswith(b"HTTP/1.1 408") if i % 3 == 1 else answer == b"", answer
+            sockets[i].close()
+        body = {"model": "model", "prompt": "x", "max_tokens": 2}
+        assert httpx.post(s.url + "/v1/completions", json=body, timeout=30).status_code == 200
+    settings.audit.close()
+    statuses = [json.loads(line)["status"] for line in audit.read_text().splitlines()]
+    assert statuses.count(408) == 10 and statuses.count(200) == 1
+
+
+def test_connections_over_the_cap_are_refused_at_once(model_dir):
+    """Open connections are capped: one over the cap gets a 503 and is closed, and the server serves
+    again once connections go."""
+    app, settings = build_app(model_dir, ServeConfig(slots=1))
+    with Server(app, Limits(header_timeout=5.0, body_timeout=5.0, max_connections=4)) as s:
+        idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", s.port)) as extra:
+            answer = read_until_closed(extra, time.monotonic() + 3)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 503"), answer
+        for sock in idle:
+            sock.close()
+        deadline = time.monotonic() + 3
+        while True:
+            try:
+                assert httpx.get(s.url + "/health", timeout=3).status_code == 200
+                break
+            except (httpx.TransportError, AssertionError):  # the closes are still on their way
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    settings.audit.close()
+
+
+def test_a_web_page_cannot_use_the_server(server):
+    """The default server (loopback, no key) took text/plain cross-origin POSTs and any Host, so any web
+    page its operator visited could use it (CSRF), or read it through DNS rebinding.
+
+    A POST body must be application/json (415: a page cannot send that cross-origin without a CORS
+    preflight, which the server never grants); a Host the server does not answer for is a 421 on
+    every path; a request whose Origin is another site is a 403.
+    """
+    url = server.url + "/v1/chat/completions"
+    good = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    raw = json.dumps(good).encode()
+    for content_type in (
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ):
+        response = httpx.post(url, content=raw, headers={"content-type": content_type})
+        assert assert_openai_error(response, 415)["code"] == "unsupported_media_type"
+    assert_openai_error(httpx.post(url, content=raw), 415)  # no content type at all
+    charset = {"content-type": "Application/JSON; charset=utf-8"}
+    assert httpx.post(url, content=raw, headers=charset, timeout=30).status_code == 200
+    # DNS rebinding: a page at evil.example whose name has been pointed at 127.0.0.1
+    rebound = {"host": f"evil.example:{server.port}"}
+    for path in ("/", "/health", "/v1/models", "/metrics"):
+        assert (
+            assert_openai_error(httpx.get(server.url + path, headers=rebound), 421)["code"]
+            == "host_not_allowed"
+        )
+    assert_openai_error(httpx.post(url, json=good, headers=rebound), 421)
+    for host in ("localhost", f"localhost:{server.port}", "127.0.0.1", f"[::1]:{server.port}"):
+        assert httpx.get(server.url + "/health", headers={"host": host}).status_code == 200, host
+    # cross-origin: another site, or another port of this machine
+    for origin in ("http://evil.example", "http://localhost:3000", "null"):
+        assert_openai_error(httpx.post(url, json=good, headers={"origin": origin}), 403)
+    assert httpx.post(url, json=good, headers={"origin": server.url}, timeout=30).status_code == 200
+    preflight = httpx.options(
+        url,
+        headers={"origin": "http://evil.example", "access-control-request-method": "POST"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_host_policy_answers_its_own_names():
+    """Which Host headers a server answers: its address, loopback names on loopback, the operator's."""
+    loopback = HostPolicy("127.0.0.1")
+    for host in ("127.0.0.1:8000", "127.0.0.2", "localhost", "LOCALHOST.:8000", "[::1]:8000"):
+        assert loopback.allows(host), host
+    for host in ("evil.example", "localhost.evil.example", "10.0.0.5", "", "a b"):
+        assert not loopback.allows(host), host
+    wildcard = HostPolicy("0.0.0.0", ["chat.example.org"])
+    for host in ("10.0.0.5:8000", "[fe80::1]", "localhost", "chat.example.org:443", "Chat.Example.Org"):
+        assert wildcard.allows(host), host
+    assert not wildcard.allows("evil.example")
+    one = HostPolicy("192.168.1.5")
+    assert one.allows("192.168.1.5:8000") and not one.allows("192.168.1.6") and not one.allows("localhost")
+    assert HostPolicy("127.0.0.1", ["*"]).allows("anything.example")
+    assert loopback.same_origin("http://127.0.0.1:8000", "127.0.0.1:8000")
+    assert not loopback.same_origin("http://127.0.0.1:9000", "127.0.0.1:8000")
+    assert not loopback.same_origin("null", "127.0.0.1:8000")
+    proxied = HostPolicy("127.0.0.1", ["chat.example.org"])
+    assert proxied.same_origin("https://chat.example.org", "127.0.0.1:8000")
+
+
+def test_nested_json_and_oversize_requests_are_400s(server):
+    """JSON nested 100,000 deep was a 500, and a request for more sequences than slots + queue a 429 that
+    could never succeed; both are 400s that say why."""
+    url = server.url + "/v1/chat/completions"
+    errors = 'autarky_requests_total{endpoint="/v1/chat/completions",status="500"}'
+    errors_before = metric(server, errors)
+    for raw in (
+        "[" * 100_000 + "]" * 100_000,
+        '{"model": "tiny", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    ):
+        assert_openai_error(post_json(url, raw), 400)
+    prompts = {"model": "tiny", "prompt": ["a"] * 8, "n": 8, "max_tokens": 1}  # 64 > 8 slots + 32 queued
+    error = assert_openai_error(httpx.post(server.url + "/v1/completions", json=prompts), 400, "n")
+    assert "at most 40" in error["message"]
+    assert metric(server, errors) == errors_before
+
+
+def test_a_stream_the_client_left_is_audited_with_the_tokens_it_made(server):
+    """A client that left mid-stream was audited with tokens_out 0, whatever had been generated."""
+    marker = f"leaver-{time.time_ns()}"
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "go on"}],
+        "max_tokens": 240,
+        "stream": True,
+        "user": marker,
+    }
+    seen = 0
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                seen += 1
+            if seen == 5:
+                break
+    deadline = time.monotonic() + 5
+    while not (
+        records := [
+            r for r in map(json.loads, server.audit.read_text().splitlines()) if r.get("user") == marker
+        ]
+    ):
+        assert time.monotonic() < deadline, "no audit record"
+        time.sleep(0.05)
+    assert records[0]["status"] == 499 and 5 <= records[0]["tokens_out"] < 240
+
+
+def test_the_audit_log_keeps_one_line_per_request(tmp_path):
+    """U+2028 went into the audit log raw (a line break to Python's splitlines and to JavaScript), and a
+    1 MB `user` made a 1 MB line. Line separators are escaped, and fields other than the texts capped."""
+    path = tmp_path / "serve.jsonl"
+    log = AuditLog(path, content=True)
+    log.write({"user": "a\u2028b" + "x" * 1_000_000, "endpoint": "POST /v1/x", "prompt": "p\u2029q\x85r"})
+    log.close()
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 1 and "\u2028" not in text and "\x85" not in text
+    record = json.loads(text)
+    assert record["prompt"] == "p\u2029q\x85r"  # the text itself is kept whole
+    assert record["user"].startswith("a\u2028b") and len(record["user"]) < 300
+
+
+def test_key_ids_are_keyed_hashes_under_a_secret_beside_the_log(tmp_path):
+    """key_id was the first 48 bits of an unsalted SHA-256 of the key: anyone who could read the log
+    could test guesses at keys. It is an HMAC-SHA256 under a per-deployment secret, made on first use
+    (0600) beside the audit log."""
+    audit = tmp_path / "audit" / "serve.jsonl"
+    secret = key_id_secret(audit)
+    path = audit.parent / "key-id.secret"
+    assert path.stat().st_mode & 0o777 == 0o600 and key_id_secret(audit) == secret  # made once, then read
+    kid = Keys.load([KEY], None, secret=secret).check(KEY)
+    assert kid == key_id(KEY, secret) and hashlib.sha256(KEY.encode()).hexdigest()[:12] not in kid
+    assert Keys.load([KEY], None, secret=b"another deployment").check(KEY) != kid
+    path.chmod(0o644)
+    with pytest.raises(UserError, match="chmod 600"):
+        key_id_secret(audit)
+
+
+def test_keys_from_the_environment_and_a_warning_for_the_command_line(
+    model_dir, tmp_path, monkeypatch, capsys
+):
+    """A key given with --api-key is readable by every local user (the process list): the server warns,
+    and takes keys from AUTARKY_API_KEYS (or --api-keys-file) instead."""
+    monkeypatch.setenv("AUTARKY_API_KEYS", f"{KEY}, sk-second-key-0123")
+    app, settings = build_app(model_dir, ServeConfig(slots=1))
+    assert settings.keys.check(KEY) and settings.keys.check("sk-second-key-0123")
+    assert not settings.keys.check("sk-other-key-0123")
+    settings.audit.close()
+    monkeypatch.delenv("AUTARKY_API_KEYS")
+    with pytest.raises(UserError):  # stops at the missing model, after the warning
+        serve(tmp_path / "missing", ServeConfig(api_keys=[KEY]))
+    assert "process list" in " ".join(capsys.readouterr().err.split())
+
+
+def test_weights_that_differ_from_the_manifest_are_not_served(model_dir, tmp_path):
+    """`serve` loaded weights without checking their hashes; now the files it reads must match the model
+    artifact's manifest, and a mismatch names the file."""
+    with Builder(tmp_path / "work", "model", "served", config={}) as builder:
+        for name in [*SERVED_FILES, "tokenizer_config.json"]:
+            shutil.copy(model_dir / name, builder.dir / name)
+        artifact = builder.finish()
+    app, settings = build_app(artifact.path, ServeConfig(slots=1))  # as made: served
+    settings.audit.close()
+    with open(artifact.path / "model.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x00\x80\x7f")  # one weight turned into inf
+    with pytest.raises(UserError, match="model.safetensors differs"):
+        build_app(artifact.path, ServeConfig(slots=1))
+
+
 # ---------------------------------------------------------------- keys, audit, capacity
 
 
-def test_keys_audit_and_429(model_dir, tmp_path):
+def test_keys_audit_and_429(model_dir, tmp_path, monkeypatch):
     audit = tmp_path / "audit.jsonl"
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text(f"# team keys\n{KEY}\n")
@@ -550,9 +890,22 @@ def test_keys_audit_and_429(model_dir, tmp_path):
             openai.OpenAI(base_url=s.url + "/v1", api_key="nope-nope", max_retries=0).models.list()
         keyed = openai.OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0)
         assert keyed.chat.completions.create(**good).usage.completion_tokens == 3
-        full = httpx.post(url, json={**good, "n": 3}, headers={"Authorization": f"Bearer {KEY}"})
-        assert_openai_error(full, 429)
-        assert full.headers["retry-after"] == "1"
+        auth = {"Authorization": f"Bearer {KEY}"}
+        # more sequences than slots + queue could ever hold: a 400 naming the limit, not a 429 to retry
+        never = assert_openai_error(httpx.post(url, json={**good, "n": 3}, headers=auth), 400, "n")
+        assert "at most 2" in never["message"]
+        # slots and queue taken by a request the engine has not got to: a 429 that a retry gets past
+        go_on = threading.Event()
+        step = s.engine.step
+        monkeypatch.setattr(s.engine, "step", lambda: go_on.wait(10) and step())
+        with httpx.stream("POST", url, json={**good, "n": 2, "stream": True}, headers=auth) as held:
+            lines = held.iter_lines()  # kept: a dropped iterator would close the connection
+            next(lines)
+            full = httpx.post(url, json=good, headers=auth)
+            assert_openai_error(full, 429)
+            assert full.headers["retry-after"] == "1"
+            go_on.set()
+            assert [line for line in lines if line][-1] == "data: [DONE]"
         assert httpx.get(s.url + "/health").status_code == 200  # health needs no key
         assert_openai_error(httpx.get(s.url + "/metrics"), 401)
     settings.audit.close()
@@ -561,11 +914,15 @@ def test_keys_audit_and_429(model_dir, tmp_path):
         KEY not in text and "secret words" not in text
     )  # neither the key nor, without --audit-content, the text
     records = [json.loads(line) for line in text.splitlines()]
-    assert [r["status"] for r in records] == [401, 401, 401, 200, 429]  # /metrics is not audited
+    assert [r["status"] for r in records] == [401, 401, 401, 200, 400, 429, 200]  # /metrics is not audited
     ok = records[3]
     assert (
-        ok["key_id"] == key_id(KEY) and ok["tokens_out"] == 3 and ok["tokens_in"] > 0 and ok["latency_ms"] > 0
+        ok["key_id"] == settings.keys.check(KEY)
+        and ok["tokens_out"] == 3
+        and ok["tokens_in"] > 0
+        and ok["latency_ms"] > 0
     )
+    assert ok["key_id"] == key_id(KEY, key_id_secret(audit))  # the secret beside the log
     assert ok["endpoint"] == "POST /v1/chat/completions" and records[0]["key_id"] is None
 
 
@@ -573,8 +930,8 @@ def test_keys_file_comments_and_a_key_with_a_hash(tmp_path):
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text("# team keys\n   # alice left\nsk-with#hash-0123\n\n" + KEY + "\n")
     keys = Keys.load([], keys_file)
-    assert keys.check("sk-with#hash-0123") == key_id("sk-with#hash-0123")
-    assert keys.check(KEY) == key_id(KEY)
+    assert keys.check("sk-with#hash-0123") == key_id("sk-with#hash-0123", keys.secret)
+    assert keys.check(KEY) == key_id(KEY, keys.secret)
     assert keys.check("sk-with") is None and keys.check("# team keys") is None
 
 

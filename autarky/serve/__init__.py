@@ -1,18 +1,24 @@
 """`autarky serve`: an OpenAI-compatible server with continuous batching, keys, audit and a web chat.
 
 engine.py batches and samples in a background thread; app.py puts the endpoints (routes.py) behind
-the gate (gate.py: body limit, metrics, audit); jobs.py bridges the app and the engine thread;
+the gate (gate.py: host, origin and content-type checks, body limit, metrics, audit); connection.py
+bounds what a connection may hold (deadlines, a cap); jobs.py bridges the app and the engine thread;
 answers.py shapes the output as OpenAI's; protocol.py the request bodies; access.py keys and the
-audit log; metrics.py Prometheus text; precision.py fp32/bf16/int8.
+audit log; metrics.py Prometheus text; precision.py fp32/bf16/int8. docs/security.md says what
+each protection covers.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autarky.console import UserError, console
+
+KEYS_ENV = "AUTARKY_API_KEYS"  # keys, separated by commas or whitespace: not in the process list
+SERVED_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what serving reads
 
 
 @dataclass
@@ -32,6 +38,10 @@ class ServeConfig:
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     max_model_len: int | None = None  # tokens per request (prompt + completion); None: the model's context
     allow_no_key: bool = False  # listen beyond loopback with no API key
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides the bind address
+    header_timeout: float = 10.0  # seconds for a request's line and headers
+    body_timeout: float = 30.0  # seconds for a request's body
+    max_connections: int = 512  # open connections; more are answered 503
 
     def validate(self) -> None:
         """Each flag's mistake as a UserError that names the flag."""
@@ -52,6 +62,9 @@ class ServeConfig:
                 self.max_model_len is None or self.max_model_len >= 2,
                 f"--max-model-len must be at least 2 tokens (got {self.max_model_len})",
             ),
+            (self.header_timeout > 0, f"--header-timeout must be more than 0 s (got {self.header_timeout})"),
+            (self.body_timeout > 0, f"--body-timeout must be more than 0 s (got {self.body_timeout})"),
+            (self.max_connections >= 1, f"--max-connections must be at least 1 (got {self.max_connections})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -79,19 +92,49 @@ def check_tokenizer(tokenizer, model_path: Path) -> None:
         )
 
 
+def check_weights(model_path: Path) -> None:
+    """Refuse to serve files that differ from the sha256 the model artifact's manifest recorded.
+
+    A directory without a manifest (a checkpoint made elsewhere) has nothing to check against: a
+    warning. The manifest's own integrity and the lineage are `autarky verify`'s to check.
+    """
+    from autarky.artifact import MANIFEST, load, sha256_file
+
+    model_path = Path(model_path)
+    if not (model_path / MANIFEST).is_file():
+        console.print(f"[yellow]warning:[/] {model_path} has no {MANIFEST}: its weights are served unchecked")
+        return
+    files = load(model_path).manifest.get("files", {})
+    for name in SERVED_FILES:
+        path = model_path / name
+        if not path.is_file():
+            continue  # loading names what is missing
+        if name not in files:
+            raise UserError(f"{path} is not in the model's {MANIFEST}: it was added after the model was made")
+        if sha256_file(path) != files[name]["sha256"]:
+            raise UserError(
+                f"{path} differs from the sha256 in the model's {MANIFEST}: it changed after the model "
+                f"was made; refusing to serve it (`autarky verify {model_path}` checks the whole lineage)"
+            )
+
+
 def build_app(model_path: Path, config: ServeConfig):
     """Load the model and tokenizer and return the ASGI app (the engine starts with the app)."""
     import torch
 
-    from autarky.serve.access import AuditLog, Keys
+    from autarky.serve.access import AuditLog, Keys, key_id_secret
     from autarky.serve.app import Settings, create_app
     from autarky.serve.engine import Engine
+    from autarky.serve.gate import HostPolicy
     from autarky.serve.precision import load_model
     from autarky.tokenizer import Tokenizer
 
     config.validate()
-    keys = Keys.load(config.api_keys, config.api_keys_file)
+    keys = Keys.load(
+        config.api_keys, config.api_keys_file, os.environ.get(KEYS_ENV), key_id_secret(config.audit_log)
+    )
     check_exposure(config.host, keys.required, config.allow_no_key)
+    check_weights(model_path)
     tokenizer = Tokenizer.load(model_path)
     check_tokenizer(tokenizer, model_path)
     model = load_model(model_path, config.dtype)
@@ -120,6 +163,7 @@ def build_app(model_path: Path, config: ServeConfig):
         max_queue=config.max_queue,
         max_body_bytes=config.max_body_bytes,
         audit=AuditLog(config.audit_log, config.audit_content),
+        hosts=HostPolicy(config.host, config.allowed_hosts),
     )
     return create_app(engine, settings), settings
 
@@ -127,6 +171,13 @@ def build_app(model_path: Path, config: ServeConfig):
 def serve(model_path: Path, config: ServeConfig) -> None:
     import uvicorn
 
+    from autarky.serve.connection import Limits, server_config
+
+    if config.api_keys:
+        console.print(
+            "[yellow]warning:[/] --api-key puts the key in the process list, where every user of this "
+            f"machine can read it; give keys with --api-keys-file or the {KEYS_ENV} environment variable"
+        )
     app, settings = build_app(model_path, config)
     if not _is_loopback(config.host):
         console.print(
@@ -140,8 +191,9 @@ def serve(model_path: Path, config: ServeConfig) -> None:
         f"http://{config.host}:{config.port}  — web chat at /, API at /v1"
         + (f", audit log {config.audit_log}" if config.audit_log else "")
     )
+    limits = Limits(config.header_timeout, config.body_timeout, config.max_connections)
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+        uvicorn.Server(server_config(app, config.host, config.port, limits)).run()
     finally:
         settings.audit.close()
 

@@ -86,7 +86,11 @@ async def answer(
     meta = {"id": f"{shape.id_prefix}-{record['request_id']}", "created": int(time.time()), "model": model}
     if stream:
         return EventStream(_chunks(job, shape, record, meta, prompt_tokens, include_usage))
-    results = await job.results()
+    try:
+        results = await job.results()
+    except ClientGone:
+        record["tokens_out"] = generated(job)
+        raise
     record["tokens_out"] = sum(r["completion_tokens"] for r in results)
     record["completion"] = [r["text"] for r in results]
     return {
@@ -122,6 +126,12 @@ async def _chunks(job: Job, shape: Answer, record: dict, meta: dict, prompt_toke
         record["status"] = 499
     finally:
         job.close()
+        record["tokens_out"] = generated(job)  # what was made, though a client that left saw less
+
+
+def generated(job: Job) -> int:
+    """Tokens sampled for the job's choices so far (the engine thread counts them as it goes)."""
+    return sum(r.generated for r in job.requests)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from autarky.serve.access import AuditLog, Keys
 from autarky.serve.engine import Engine
-from autarky.serve.gate import Gate
+from autarky.serve.gate import Gate, HostPolicy
 from autarky.serve.jobs import ClientGone
 from autarky.serve.metrics import Metrics
 from autarky.serve.protocol import RequestError, error_response
@@ -31,6 +31,7 @@ class Settings:
     max_queue: int = 64
     max_body_bytes: int = 1_000_000
     audit: AuditLog = field(default_factory=lambda: AuditLog(None))
+    hosts: HostPolicy = field(default_factory=lambda: HostPolicy("127.0.0.1"))
 
 
 def create_app(engine: Engine, settings: Settings, start_engine: bool = True) -> Gate:
@@ -48,6 +49,7 @@ def create_app(engine: Engine, settings: Settings, start_engine: bool = True) ->
     state = app.state
     state.engine, state.settings, state.metrics, state.inflight = engine, settings, Metrics(), 0
     state.created = int(time.time())
+    state.max_prompt_chars = max_prompt_chars(engine.tokenizer, engine.context)
     engine.on_tokens = _token_counter(state.metrics)
     app.add_exception_handler(RequestError, on_request_error)
     app.add_exception_handler(HTTPException, on_http_error)
@@ -75,6 +77,18 @@ async def on_bug(request: Request, error: Exception) -> Response:
 async def on_client_gone(request: Request, error: ClientGone) -> Response:
     request.state.audit["status"] = 499
     return Response(status_code=499)
+
+
+def max_prompt_chars(tokenizer, context: int) -> int | None:
+    """The most characters `context` tokens can stand for, so longer text is refused untokenized.
+
+    A byte-level token stands for at most as many characters as its longest byte string; a
+    tokenizer that normalizes text may change its length, so then there is no such bound (None).
+    """
+    if tokenizer.hf.normalizer is not None:
+        return None
+    longest = max(len(tokenizer.token_bytes(i, skip_special=False)) for i in range(tokenizer.vocab_size))
+    return context * max(longest, 1)
 
 
 def _token_counter(metrics: Metrics):

@@ -1,5 +1,10 @@
-"""The ASGI gate in front of every route: it limits the body size, counts and times requests, and
-writes the audit record when the response is done.
+"""The ASGI gate in front of every route: it refuses what a browser could be tricked into sending,
+limits the body size, counts and times requests, and writes the audit record when the response is done.
+
+A web page the operator visits must not be able to use the server: a `Host` the server does not
+answer for (DNS rebinding) is a 421, a cross-origin request a 403, and a POST that is not
+`application/json` (the one body type a page cannot send cross-origin without asking first, and
+the server never says yes: it has no CORS) a 415.
 
 The handlers fill in the record (`request.state.audit`: key, tokens, model, …); the gate opens it
 and, for API paths, writes it with the final status and latency.
@@ -7,8 +12,10 @@ and, for API paths, writes it with the final status and latency.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from autarky.serve.jobs import ClientGone
 from autarky.serve.protocol import RequestError, error_response
@@ -28,6 +35,85 @@ ROUTES = (  # the endpoint labels of the request metrics; any other path counts 
 # A body over the limit is read and dropped up to this many times the limit (so the client sees the
 # 413 rather than a reset connection); past that the connection is closed.
 DRAIN_FACTOR = 64
+BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+class HostPolicy:
+    """The `Host` names a server answers for: its bind address, loopback names when it listens on
+    loopback (or everywhere), and the names the operator allows (`*`: any).
+
+    An IP address cannot be rebound to another machine, so a wildcard bind answers any IP address;
+    a DNS name must be the bind name or one the operator allows.
+    """
+
+    def __init__(self, bind: str, allowed: list[str] | tuple[str, ...] = ()):
+        self.any = "*" in allowed
+        self.names = {_hostname(h) for h in allowed if h != "*"}
+        self.ip = _ip(_hostname(bind))
+        self.wildcard = self.ip is not None and self.ip.is_unspecified
+        self.loopback = bind == "localhost" or (self.ip is not None and self.ip.is_loopback)
+        self.trusted = set(self.names)  # origins the operator vouches for (loopback is not one)
+        if self.ip is None:
+            self.names.add(_hostname(bind))
+        if self.loopback or self.wildcard:
+            self.names.add("localhost")
+
+    def allows(self, host: str) -> bool:
+        name = _hostname(host)
+        if self.any or name in self.names:
+            return True
+        ip = _ip(name)
+        return ip is not None and (self.wildcard or ip == self.ip or (self.loopback and ip.is_loopback))
+
+    def same_origin(self, origin: str, host: str) -> bool:
+        """Whether a browser's `Origin` is the server's own page (or a name the operator allows)."""
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and (
+            parts.netloc.lower() == host.lower() or _hostname(parts.netloc) in self.trusted
+        )
+
+
+def _hostname(host: str) -> str:
+    """`Host` without its port or brackets, lowercased, without a final dot."""
+    try:
+        name = urlsplit("//" + host).hostname or ""
+    except ValueError:
+        return ""
+    return name.rstrip(".")
+
+
+def _ip(name: str):
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def refusal(scope, hosts: HostPolicy) -> RequestError | None:
+    """Why a browser may have been tricked into this request, or None (see the module's note)."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    host = headers.get("host")
+    if host is not None and not hosts.allows(host):
+        return RequestError(
+            f"this server does not answer for the host {host!r}; start it with --allowed-host to allow a name",
+            status=421,
+            code="host_not_allowed",
+        )
+    origin = headers.get("origin")
+    if origin is not None and not hosts.same_origin(origin, host or ""):
+        return RequestError(
+            f"cross-origin requests (from {origin!r}) are refused: this server has no CORS",
+            status=403,
+            code="cross_origin_refused",
+        )
+    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if scope["method"] in BODY_METHODS and media_type != "application/json":
+        return RequestError(
+            f"the request body must be JSON with Content-Type: application/json (got {media_type or 'none'!r})",
+            status=415,
+            code="unsupported_media_type",
+        )
+    return None
 
 
 class Gate:
@@ -58,11 +144,14 @@ class Gate:
             await send(message)
 
         try:
-            if scope["method"] in ("POST", "PUT", "PATCH"):
+            if (error := refusal(scope, self.state.settings.hosts)) is not None:
+                await error_response(error)(scope, receive, tracked_send)
+                return
+            if scope["method"] in BODY_METHODS:
                 try:
                     body = await self._read_body(scope, receive)
-                except ClientGone:
-                    record["status"] = 499
+                except ClientGone:  # or its body did not arrive in time (connection.py said so)
+                    record["status"] = 408 if scope["state"].get("timed_out") else 499
                     return
                 if body is None:
                     limit = self.state.settings.max_body_bytes

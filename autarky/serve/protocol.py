@@ -35,6 +35,12 @@ UNSUPPORTED = {
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 # The seeds torch.Generator.manual_seed takes: a 64-bit integer, signed or not.
 SEED_MIN, SEED_END = -(2**63), 2**64
+# A temperature is 0 (greedy) or at least this: dividing logits by less overflows them to inf, and
+# the softmax of inf - inf is NaN (1e-45 once failed every request in the batch).
+MIN_TEMPERATURE = 0.01
+# Stop strings, as OpenAI bounds them in number; each is searched for at every new token, so its
+# length is bounded too.
+MAX_STOPS, MAX_STOP_CHARS = 4, 256
 
 
 class RequestError(Exception):
@@ -62,7 +68,11 @@ def error_response(error: RequestError) -> JSONResponse:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # No NaN or Infinity (Python's json reads them; no number we take may be one).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    def check(self) -> None:
+        """Checks across fields, or with OpenAI's wording, after the types (a RequestError each)."""
 
 
 class TextPart(Strict):
@@ -108,6 +118,23 @@ class Sampling(Strict):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     user: str | None = None
 
+    def check(self) -> None:
+        if self.temperature is not None and 0 < self.temperature < MIN_TEMPERATURE:
+            raise RequestError(
+                f"Invalid value for 'temperature': {self.temperature:g}; it must be 0 (greedy) or from "
+                f"{MIN_TEMPERATURE} to 2",
+                param="temperature",
+            )
+        stops = self.stops()
+        if len(stops) > MAX_STOPS or not all(0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise RequestError(
+                f"stop takes up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters each",
+                param="stop",
+            )
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
@@ -152,13 +179,17 @@ def parse(body: bytes, model: type[Strict]) -> Strict:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(f"We could not parse the JSON body of your request: {e}") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise RequestError(
+            "We could not parse the JSON body of your request: it is nested too deeply"
+        ) from None
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object")
     for key, why in UNSUPPORTED.items():
         if key in data and data[key] not in (None, [], {}, False):
             raise RequestError(why, param=key, code="unsupported_parameter")
     try:
-        return model.model_validate_json(body)
+        req = model.model_validate_json(body)
     except ValidationError as e:
         first = e.errors()[0]
         param = _param(first["loc"])
@@ -167,6 +198,8 @@ def parse(body: bytes, model: type[Strict]) -> Strict:
         if first["type"] == "missing":
             raise RequestError(f"Missing required parameter: '{param}'", param=param) from None
         raise RequestError(f"Invalid value for '{param}': {first['msg']}", param=param) from None
+    req.check()
+    return req
 
 
 def _param(loc: tuple) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
 from autarky.console import UserError
 from autarky.generate import SamplingParams
@@ -102,11 +103,13 @@ async def chat_completions(request: Request):
     if req.top_logprobs is not None and not req.logprobs:
         raise RequestError("top_logprobs needs logprobs to be true", param="top_logprobs")
     include_usage = check_stream_options(req)
-    prompt = state.engine.tokenizer.apply_chat_template(messages)
+    n = req.n or 1
+    check_capacity(state, n, "n")
+    check_length(state, sum(len(m["content"]) for m in messages), "messages")
+    prompt = await run_in_threadpool(state.engine.tokenizer.apply_chat_template, messages)
     max_tokens = budget(
         len(prompt), req.max_completion_tokens or req.max_tokens, state.engine.context, "messages", "messages"
     )
-    n = req.n or 1
     job = Job(
         state, [prompt] * n, sampling(req, max_tokens, n), (req.top_logprobs or 0) if req.logprobs else None
     )
@@ -130,11 +133,13 @@ async def completions(request: Request):
     if req.echo and req.logprobs is not None:
         raise RequestError("echo with logprobs is not supported", param="echo", code="unsupported_parameter")
     include_usage = check_stream_options(req)
-    prompts = prompt_ids(req.prompt, tokenizer, "prompt")
+    prompts = prompt_list(req.prompt, "prompt")
+    check_capacity(state, len(prompts) * n, "n" if n > 1 else "prompt")
+    prompts = await prompt_ids(state, prompts, "prompt")
     max_tokens = min(
         budget(len(p), req.max_tokens, state.engine.context, "prompt", "prompt") for p in prompts
     )
-    texts = [tokenizer.decode(p) for p in prompts] if req.echo else [""] * len(prompts)
+    texts = await run_in_threadpool(lambda: [tokenizer.decode(p) for p in prompts] if req.echo else None)
     # Choice index = prompt index × n + j, as OpenAI numbers them.
     job = Job(
         state,
@@ -146,9 +151,8 @@ async def completions(request: Request):
     prompt_tokens = sum(len(p) for p in prompts)
     record.update(model=req.model, user=req.user, tokens_in=prompt_tokens, prompt=req.prompt)
     job.start(request.receive)
-    shape = CompletionAnswer(
-        [texts[i // n] for i in range(len(job.requests))], logprobs=req.logprobs is not None
-    )
+    echoes = [texts[i // n] if texts else "" for i in range(len(job.requests))]
+    shape = CompletionAnswer(echoes, logprobs=req.logprobs is not None)
     return await answer(
         job, shape, record, state.settings.model_name, prompt_tokens, req.stream, include_usage
     )
@@ -159,7 +163,9 @@ async def embeddings(request: Request):
     state = request.app.state
     context = state.engine.context
     req: EmbeddingRequest = await read_body(request, EmbeddingRequest)
-    inputs = prompt_ids(req.input, state.engine.tokenizer, "input")
+    inputs = prompt_list(req.input, "input")
+    check_capacity(state, len(inputs), "input")
+    inputs = await prompt_ids(state, inputs, "input")
     for i, ids in enumerate(inputs):
         if len(ids) > context:
             raise RequestError(
@@ -169,7 +175,7 @@ async def embeddings(request: Request):
             )
     record = request.state.audit
     record.update(model=req.model, user=req.user, tokens_in=sum(len(i) for i in inputs), prompt=req.input)
-    vectors = await embed(state.engine, inputs)
+    vectors = await embed(state, inputs, request.receive)
     if req.encoding_format == "base64":
         data = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
     else:
@@ -185,19 +191,22 @@ async def embeddings(request: Request):
 @router.post("/tokenize")
 async def tokenize(request: Request):
     state = request.app.state
-    tokenizer = state.engine.tokenizer
     req: TokenizeRequest = await read_body(request, TokenizeRequest)
     if (req.prompt is None) == (req.messages is None):
         raise RequestError("give exactly one of prompt or messages", param="prompt")
-    if req.prompt is not None:
-        ids = ([tokenizer.bos_id] if req.add_special_tokens else []) + tokenizer.encode(req.prompt)
-    else:
-        try:
-            ids = tokenizer.apply_chat_template(template_messages(req.messages), req.add_generation_prompt)
-        except UserError as e:
-            raise RequestError(str(e), param="messages") from None
+    ids = await run_in_threadpool(token_ids, state.engine.tokenizer, req)
     request.state.audit["tokens_in"] = len(ids)
     return {"tokens": ids, "count": len(ids), "max_model_len": state.engine.context}
+
+
+def token_ids(tokenizer, req: TokenizeRequest) -> list[int]:
+    """What /tokenize counts: a prompt as /v1/completions does, or messages as the chat endpoint."""
+    if req.prompt is not None:
+        return ([tokenizer.bos_id] if req.add_special_tokens else []) + tokenizer.encode(req.prompt)
+    try:
+        return tokenizer.apply_chat_template(template_messages(req.messages), req.add_generation_prompt)
+    except UserError as e:
+        raise RequestError(str(e), param="messages") from None
 
 
 @router.post("/detokenize")
@@ -207,7 +216,7 @@ async def detokenize(request: Request):
     req: DetokenizeRequest = await read_body(request, DetokenizeRequest)
     check_ids(req.tokens, tokenizer.vocab_size, "tokens")
     request.state.audit["tokens_in"] = len(req.tokens)
-    return {"prompt": tokenizer.decode(req.tokens)}
+    return {"prompt": await run_in_threadpool(tokenizer.decode, req.tokens)}
 
 
 # ---------------------------------------------------------------- checks shared by the endpoints
@@ -282,10 +291,30 @@ def budget(prompt_len: int, max_tokens: int | None, context: int, param: str, wh
     return max_tokens
 
 
+def check_capacity(state, sequences: int, param: str) -> None:
+    """A 400 for a request larger than the server could ever run: a 429 would have it retry for ever."""
+    capacity = state.engine.slots + state.settings.max_queue
+    if sequences > capacity:
+        raise RequestError(
+            f"this request needs {sequences} sequences; this server runs or queues at most {capacity} "
+            "at once (its slots and queue)",
+            param=param,
+        )
+
+
+def check_length(state, chars: int, param: str) -> None:
+    """A 400, before tokenizing, for text too long to fit the context whatever its tokens."""
+    if state.max_prompt_chars is not None and chars > state.max_prompt_chars:
+        raise RequestError(
+            f"This model's maximum context length is {state.engine.context} tokens. However, your {param} "
+            f"has {chars} characters, more than {state.engine.context} tokens can hold.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
 def sampling(req: Sampling, max_tokens: int, n: int) -> list[SamplingParams]:
-    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    if len(stop) > 4 or not all(stop):
-        raise RequestError("stop takes up to 4 non-empty strings", param="stop")
+    stop = req.stops()
     return [
         SamplingParams(
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -335,21 +364,36 @@ def check_ids(ids: list[int], vocab_size: int, param: str) -> None:
         raise RequestError(f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})", param=param)
 
 
-def prompt_ids(prompt, tokenizer, param: str) -> list[list[int]]:
-    """A prompt (text, texts, ids or lists of ids) as lists of ids; text gets <|bos|> as in training."""
+def prompt_list(prompt, param: str) -> list:
+    """A prompt (text, texts, ids or lists of ids) as a list of texts and lists of ids."""
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
         raise RequestError(f"'{param}' must not be empty", param=param)
     if isinstance(prompt[0], int):
         prompt = [prompt]
-    out = []
-    for p in prompt:
-        ids = [tokenizer.bos_id, *tokenizer.encode(p)] if isinstance(p, str) else list(p)
+    if len(prompt) > 64:
+        raise RequestError(f"'{param}' takes at most 64 items", param=param)
+    return prompt
+
+
+async def prompt_ids(state, prompts: list, param: str) -> list[list[int]]:
+    """Each prompt as ids; text gets <|bos|> as in training.
+
+    Text is tokenized in a worker thread: a long prompt must not stall the event loop, and with it
+    every other client. Text that cannot fit the context is refused before it is tokenized.
+    """
+    for p in prompts:
+        if isinstance(p, str):
+            check_length(state, len(p), param)
+    tokenizer = state.engine.tokenizer
+
+    def encode() -> list[list[int]]:
+        return [[tokenizer.bos_id, *tokenizer.encode(p)] if isinstance(p, str) else list(p) for p in prompts]
+
+    out = await run_in_threadpool(encode)
+    for ids in out:
         if not ids:
             raise RequestError(f"'{param}' must not contain an empty list of tokens", param=param)
         check_ids(ids, tokenizer.vocab_size, param)
-        out.append(ids)
-    if len(out) > 64:
-        raise RequestError(f"'{param}' takes at most 64 items", param=param)
     return out
