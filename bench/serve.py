@@ -24,17 +24,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from autarky.evaluate import bits_per_byte, token_byte_lengths  # noqa: E402
 from autarky.generate import SamplingParams  # noqa: E402
 from autarky.model import Llama, load_pretrained, preset_config, save_pretrained  # noqa: E402
 from autarky.serve.engine import Engine, Request  # noqa: E402
 from autarky.serve.precision import decode_weight_bytes, int8pack_works, prepare  # noqa: E402
 from autarky.tokenizer import Tokenizer  # noqa: E402
+from autarky.train import Progress, TrainConfig, fit, get_batch  # noqa: E402
 
 DEFAULT_TEXT = ROOT.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
 
@@ -58,36 +60,33 @@ def save_model(model: Llama, tokenizer_dir: Path, directory: Path) -> Path:
     return directory
 
 
-def train_tiny(ids: torch.Tensor, vocab: int, seconds: float, seq_len: int = 128, batch: int = 16) -> Llama:
-    """A few hundred AdamW steps on the text: a model good enough for quantisation to show its cost."""
+def train_tiny(ids: np.ndarray, vocab: int, seconds: float, seq_len: int = 128, batch: int = 16) -> Llama:
+    """`autarky train`'s loop (`fit`) on the text for a time budget: a model good enough for
+    quantisation to show its cost."""
+    config = TrainConfig(
+        seq_len=seq_len,
+        batch_size=batch,
+        max_steps=10**9,
+        minutes=seconds / 60,
+        lr=3e-3,
+        warmup_steps=10,
+        eval_interval=10**9,
+        checkpoint_interval=10**9,
+        seed=0,
+    )
     torch.manual_seed(0)
     model = Llama(preset_config("tiny", vocab))
-    opt = model.configure_optimizer(lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95))
-    start, step = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        starts = torch.randint(0, len(ids) - seq_len - 1, (batch,))
-        x = torch.stack([ids[s : s + seq_len] for s in starts])
-        y = torch.stack([ids[s + 1 : s + seq_len + 1] for s in starts])
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-    print(f"trained tiny for {step} steps, last loss {loss.item():.3f}")
+    optimizer = model.configure_optimizer(config.lr, config.weight_decay, (config.beta1, config.beta2))
+    done = fit(
+        model,
+        optimizer,
+        lambda step, micro: get_batch(ids, config.seed, step, micro, batch, seq_len),
+        lambda: {},
+        config,
+        Progress(),
+    )
+    print(f"trained tiny for {done.step} steps, last loss {done.history[-1]['loss']:.3f}")
     return model.eval()
-
-
-@torch.inference_mode()
-def bits_per_byte(model: Llama, ids: torch.Tensor, n_bytes: int, seq_len: int = 256) -> float:
-    total_nats, count = 0.0, 0
-    for s in range(0, len(ids) - 1, seq_len):
-        x, y = ids[s : s + seq_len][None], ids[s + 1 : s + seq_len + 1][None]
-        x = x[:, : y.size(1)]
-        logits, _ = model(x)
-        total_nats += F.cross_entropy(logits.float()[0], y[0], reduction="sum").item()
-        count += y.size(1)
-    return total_nats / math.log(2) / n_bytes * (len(ids) - 1) / count
 
 
 def copy_bandwidth(mb: int = 256, repeats: int = 5) -> float:
@@ -323,16 +322,17 @@ def main() -> None:
         # bits per byte of each precision, on a tiny model trained on the text for a minute or so
         text = args.text.read_text(encoding="utf-8")
         split = int(len(text) * 0.9)
-        train_ids = torch.tensor(tok.encode(text[:split]))
+        train_ids = np.array(tok.encode(text[:split]), dtype=np.uint16)
         val_text = text[split:][: 50_000 if args.quick else 100_000]
-        val_ids = torch.tensor([tok.bos_id, *tok.encode(val_text)])
+        val_ids = np.array([tok.bos_id, *tok.encode(val_text)])
+        token_bytes = token_byte_lengths(tok)
         tiny = train_tiny(train_ids, tok.vocab_size, 20 if args.quick else args.train_seconds)
         tiny_dir = save_model(tiny, tokenizer_dir, work / "tiny")
         quality = {}
         for dtype in ("fp32", "bf16", "int8"):
             model = prepare(load_pretrained(tiny_dir), dtype)
             quality[dtype] = {
-                "val_bits_per_byte": round(bits_per_byte(model, val_ids, len(val_text.encode())), 4),
+                "val_bits_per_byte": round(bits_per_byte(model, val_ids, token_bytes, seq_len=256).bpb, 4),
                 "decode_tokens_per_s": round(engine_decode_rate(model, tok, prompt, n), 1),
             }
             print(
