@@ -751,6 +751,11 @@ def test_host_policy_answers_its_own_names():
     for host in ("10.0.0.5:8000", "[fe80::1]", "localhost", "chat.example.org:443", "Chat.Example.Org"):
         assert wildcard.allows(host), host
     assert not wildcard.allows("evil.example")
+    assert HostPolicy("::1").allows("[::1]:8000") and HostPolicy("::1").allows("localhost")
+    assert HostPolicy("::").allows("[fe80::1]:8000") and not HostPolicy("::").allows("evil.example")
+    assert HostPolicy("myhost.lan").allows("MyHost.lan:8000") and not HostPolicy("myhost.lan").allows(
+        "localhost"
+    )
     one = HostPolicy("192.168.1.5")
     assert one.allows("192.168.1.5:8000") and not one.allows("192.168.1.6") and not one.allows("localhost")
     assert HostPolicy("127.0.0.1", ["*"]).allows("anything.example")

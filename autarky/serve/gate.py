@@ -49,12 +49,13 @@ class HostPolicy:
     def __init__(self, bind: str, allowed: list[str] | tuple[str, ...] = ()):
         self.any = "*" in allowed
         self.names = {_hostname(h) for h in allowed if h != "*"}
-        self.ip = _ip(_hostname(bind))
+        bare = bind.strip("[]").lower().rstrip(".")  # an address or name, as --host takes it
+        self.ip = _ip(bare)
         self.wildcard = self.ip is not None and self.ip.is_unspecified
-        self.loopback = bind == "localhost" or (self.ip is not None and self.ip.is_loopback)
+        self.loopback = bare == "localhost" or (self.ip is not None and self.ip.is_loopback)
         self.trusted = set(self.names)  # origins the operator vouches for (loopback is not one)
         if self.ip is None:
-            self.names.add(_hostname(bind))
+            self.names.add(bare)
         if self.loopback or self.wildcard:
             self.names.add("localhost")
 
