@@ -153,6 +153,10 @@ def prepare(
         )
         return {"val_loss": score.loss, "val_bpb": score.bpb}
 
+    tokens_per_step = config.batch_size * config.seq_len * config.grad_accum
+    console.print(
+        f"training {model.num_params() / 1e6:.2f}M parameters, {tokens_per_step} tokens/step, on {len(train_data):,} tokens"
+    )
     return Run(model, optimizer, batches, evaluate, progress)
 
 
