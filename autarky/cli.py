@@ -12,6 +12,11 @@ from rich.table import Table
 
 from autarky import artifact, offline
 from autarky.console import UserError, console
+from autarky.data.curate import CurateConfig
+from autarky.data.executor import Executor
+from autarky.options import with_config
+from autarky.serve import ServeConfig
+from autarky.train import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -129,56 +134,24 @@ def lineage(
 
 
 @app.command("train", rich_help_panel=PIPELINE)
+@with_config(TrainConfig)
 def train_command(
     tokens: str = typer.Argument(..., help="A tokens artifact: path or name."),
     workdir: Path = workdir_option(),
-    preset: str = typer.Option("tiny", help="Model size: tiny (~3M), small (~30M), base (~125M), 1b."),
-    max_steps: int = typer.Option(
-        1000, "--max-steps", help="Optimizer steps (the run ends at this or --minutes)."
-    ),
-    minutes: float = typer.Option(None, help="Wall-clock budget; the schedule follows elapsed time."),
-    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training window."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Windows per micro-batch."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate."),
-    warmup_steps: int = typer.Option(50, "--warmup-steps"),
-    schedule: str = typer.Option("cosine", help="cosine, or wsd (warmup-stable-decay)."),
-    weight_decay: float = typer.Option(0.1, "--weight-decay"),
-    grad_clip: float = typer.Option(1.0, "--grad-clip"),
-    eval_interval: int = typer.Option(100, "--eval-interval", help="Steps between validation evaluations."),
-    checkpoint_interval: int = typer.Option(100, "--checkpoint-interval", help="Steps between checkpoints."),
-    precision: str = typer.Option("fp32", help="fp32, or bf16 autocast."),
-    seed: int = typer.Option(1337),
     init: str = typer.Option(None, help="Start from this model artifact's weights (fine-tuning)."),
     name: str = typer.Option(None, help="Artifact name (default: preset + recipe hash)."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an unfinished run from its last checkpoint."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+    config: TrainConfig = None,
 ) -> None:
     """Pretrain a Llama-family model on a tokens artifact.
 
     Example: [bold]autarky train demo-tokens --preset tiny --minutes 5[/]
     """
-    from autarky.train import TrainConfig, train
+    from autarky.train import train
 
-    config = TrainConfig(
-        preset=preset,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        max_steps=max_steps,
-        minutes=minutes,
-        lr=lr,
-        warmup_steps=warmup_steps,
-        schedule=schedule,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        eval_interval=eval_interval,
-        checkpoint_interval=checkpoint_interval,
-        seed=seed,
-        precision=precision,
-    )
     tokens_artifact = artifact.resolve(workdir, tokens, "tokens")
     init_artifact = artifact.resolve(workdir, init, "model") if init else None
     model = train(tokens_artifact, workdir, config, name=name, resume=resume, force=force, init=init_artifact)
@@ -225,7 +198,7 @@ def generate(
     temperature: float = typer.Option(0.8, help="0 = greedy."),
     top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0 = off)."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass."),
-    max_tokens: int = typer.Option(200, "--max-tokens"),
+    max_tokens: int = typer.Option(200, "--max-tokens", help="Most tokens to generate."),
     seed: int = typer.Option(None, help="Fix the sampling for a repeatable result."),
 ) -> None:
     """Continue a prompt, streaming the text to the terminal.
@@ -252,11 +225,11 @@ def chat(
     model: str = typer.Argument(..., help="A model artifact (path or name)."),
     workdir: Path = workdir_option(),
     system: str = typer.Option(None, help="A system message to start the conversation."),
-    temperature: float = typer.Option(0.7),
-    top_k: int = typer.Option(0, "--top-k"),
-    top_p: float = typer.Option(0.95, "--top-p"),
-    max_tokens: int = typer.Option(300, "--max-tokens"),
-    seed: int = typer.Option(None),
+    temperature: float = typer.Option(0.7, help="0 = greedy."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass."),
+    max_tokens: int = typer.Option(300, "--max-tokens", help="Most tokens in each answer."),
+    seed: int = typer.Option(None, help="Fix the sampling for repeatable answers."),
 ) -> None:
     """Talk with a model in the terminal; /reset starts over, /exit (or Ctrl-D) leaves.
 
@@ -297,73 +270,23 @@ def chat(
 
 
 @app.command(rich_help_panel=MODEL)
+@with_config(ServeConfig)
 def serve(
     model: str = typer.Argument(..., help="A model artifact (path or name) or a Llama checkpoint."),
     workdir: Path = workdir_option(),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback unless you say otherwise)."),
-    port: int = typer.Option(8000, help="Port to listen on."),
-    dtype: str = typer.Option("fp32", help="fp32, bf16, or int8 (weight-only, per-channel scales)."),
-    slots: int = typer.Option(16, help="Requests decoded together (KV-cache rows)."),
-    max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting for a slot before 429s."),
-    prefill_chunk: int = typer.Option(128, "--prefill-chunk", help="Prompt tokens per engine step."),
-    max_body: int = typer.Option(1_000_000, "--max-body", help="Largest request body in bytes (else 413)."),
-    api_key: list[str] = typer.Option(
-        [],
-        "--api-key",
-        help="A key clients send as Bearer (repeatable). Every local user can read it in the process "
-        "list: prefer --api-keys-file or $AUTARKY_API_KEYS.",
-    ),
-    api_keys_file: Path = typer.Option(
-        None, "--api-keys-file", help="A file of keys, one a line (also: $AUTARKY_API_KEYS, comma-separated)."
-    ),
-    audit_log: Path = typer.Option(None, "--audit-log", help="Default <workdir>/audit/serve.jsonl."),
-    audit_content: bool = typer.Option(False, "--audit-content", help="Also log prompt and completion text."),
-    name: str = typer.Option(None, "--name", help="Model name clients use (default: the directory name)."),
-    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
-    max_model_len: int = typer.Option(
-        None, "--max-model-len", help="Tokens per request, prompt + completion (default: model's context)."
-    ),
-    allow_no_key: bool = typer.Option(
-        False, "--allow-no-key", help="Allow a non-loopback --host with no API key (anyone who can reach it)."
-    ),
-    allowed_host: list[str] = typer.Option(
-        [],
-        "--allowed-host",
-        help="A Host name clients may use besides the bind address (repeatable; * for any).",
-    ),
-    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds for a request's headers."),
-    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds for a request's body."),
-    max_connections: int = typer.Option(512, "--max-connections", help="Open connections (more get 503)."),
+    config: ServeConfig = None,
 ) -> None:
     """Serve a model with an OpenAI-compatible API and a web chat page.
 
-    Example: [bold]AUTARKY_API_KEYS=$(openssl rand -hex 16) autarky serve work/model/demo[/]
+    Keys come from --api-keys-file or $AUTARKY_API_KEYS (never the process list), e.g.
+    [bold]openssl rand -hex 16 > keys.txt[/].
+
+    Example: [bold]autarky serve work/model/demo --api-keys-file keys.txt[/]
     """
-    from autarky.serve import ServeConfig
     from autarky.serve import serve as run_serve
 
     path = _model_dir(model, workdir)
-    config = ServeConfig(
-        host=host,
-        port=port,
-        dtype=dtype,
-        slots=slots,
-        max_queue=max_queue,
-        prefill_chunk=prefill_chunk,
-        max_body_bytes=max_body,
-        api_keys=api_key,
-        api_keys_file=api_keys_file,
-        audit_log=audit_log or workdir / "audit" / "serve.jsonl",
-        audit_content=audit_content,
-        model_name=name,
-        threads=threads,
-        max_model_len=max_model_len,
-        allow_no_key=allow_no_key,
-        allowed_hosts=allowed_host,
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-        max_connections=max_connections,
-    )
+    config.audit_log = config.audit_log or workdir / "audit" / "serve.jsonl"
     run_serve(path, config)
 
 
@@ -373,8 +296,8 @@ def demo(
     source: Path = typer.Option(None, help="Use your own documents instead of Python's documentation."),
     minutes: float = typer.Option(8.0, help="Training budget in minutes."),
     max_steps: int = typer.Option(100_000, "--max-steps", help="Stop training earlier at this many steps."),
-    vocab_size: int = typer.Option(4096, "--vocab-size"),
-    preset: str = typer.Option("tiny"),
+    vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokens in the BPE vocabulary."),
+    preset: str = typer.Option("tiny", help="Model size: tiny (~4M), small (~30M), base (~125M), 1b."),
 ) -> None:
     """The whole pipeline in one command: curate → tokenizer → tokenize → train → sample.
 
@@ -396,6 +319,8 @@ def demo(
 
 
 @app.command(rich_help_panel=PIPELINE)
+@with_config(Executor, "executor")
+@with_config(CurateConfig)
 def curate(
     sources: list[Path] = typer.Argument(..., help="Files, directories (read recursively) or globs."),
     name: str = typer.Option(
@@ -403,49 +328,19 @@ def curate(
     ),
     workdir: Path = workdir_option(),
     force: bool = typer.Option(False, "--force", help="Rebuild even if an artifact with this name exists."),
-    val_fraction: float = typer.Option(0.02, "--val-fraction", help="Share of documents for the val split."),
-    workers: int = typer.Option(
-        0, "--workers", help="Worker processes, 1 or more (default, or 0: every core this process may use)."
-    ),
-    text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet."),
-    id_field: str = typer.Option(
-        "id", "--id-field", help="Field kept as the source's own id in .jsonl/.parquet."
-    ),
     tag: list[str] = typer.Option(
         [],
         "--tag",
         help="key=value carried by every document, e.g. license=CC-BY-4.0; SRC::key=value tags only the documents of source SRC. The value is all after the first =.",
     ),
-    lang: list[str] = typer.Option(
-        [], "--lang", help="Keep only these languages (ISO 639-1, repeatable); default: all."
-    ),
     quality: str = typer.Option(
-        "web", "--quality", help="Quality heuristics on: web (HTML/WARC text), all, or off."
-    ),
-    engine: str = typer.Option(
-        "local", "--engine", help="local (process pool) or ray (a Ray on 127.0.0.1, or --ray-address)."
-    ),
-    ray_address: str = typer.Option(
-        "", "--ray-address", help="With --engine ray: the Ray cluster to use; $RAY_ADDRESS is ignored."
-    ),
-    follow_links: bool = typer.Option(
-        False, "--follow-links", help="Follow links out of the given directories, and links to directories."
-    ),
-    no_mojibake: bool = typer.Option(
-        False, "--no-mojibake-fix", help="Do not repair mis-decoded text (ftfy)."
-    ),
-    no_langid: bool = typer.Option(False, "--no-langid", help="Do not identify languages."),
-    no_pii: bool = typer.Option(False, "--no-pii", help="Do not redact e-mails, phones, cards, IDs."),
-    no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep exact duplicates."),
-    no_near_dedup: bool = typer.Option(False, "--no-near-dedup", help="Keep near duplicates (MinHash)."),
-    near_dup_threshold: float = typer.Option(
-        0.7,
-        "--near-dup-threshold",
-        help="In (0, 1]: the MinHash-estimated Jaccard (word 5-grams) at which a candidate pair counts as "
-        "near duplicates. It only confirms candidates: LSH (14 bands x 8 rows) proposes pairs of "
-        "Jaccard 0.8 92% of the time, 0.7 56%, 0.6 21%, 0.5 5%, so setting it below ~0.7 adds few pairs.",
+        None,
+        "--quality",
+        help="Shortcut for the quality settings: web (judge HTML/WARC text), all (every document), or off.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's metrics as JSON."),
+    config: CurateConfig = None,
+    executor: Executor = None,
 ) -> None:
     """Curate raw files into a corpus: decode, normalise, filter, deduplicate, split, account for every document.
 
@@ -454,43 +349,29 @@ def curate(
 
     Example: [bold]autarky curate ~/docs 'mail/*.warc.gz' --tag license=internal --tag ~/docs::origin=wiki --lang ru[/]
     """
-    from autarky.data.curate import CurateConfig, parse_tags
     from autarky.data.curate import curate as run_curate
+    from autarky.data.curate import parse_tags
     from autarky.data.report import summary_table
 
-    tags, source_tags = parse_tags(tag)
-    if quality not in ("web", "all", "off"):
-        raise UserError(f"--quality is web, all or off, not {quality!r}")
-    config = CurateConfig(
-        text_field=text_field,
-        id_field=id_field,
-        tags=tags,
-        source_tags=source_tags,
-        follow_links=follow_links,
-        fix_mojibake=not no_mojibake,
-        langid=not no_langid,
-        languages=sorted(set(lang)),
-        gopher_quality=quality != "off",
-        gopher_repetition=quality != "off",
-        fineweb_quality=quality != "off",
-        quality_scope="all" if quality == "all" else "web",
-        pii=not no_pii,
-        exact_dedup=not no_dedup,
-        near_dedup=not no_near_dedup,
-        near_dup_threshold=near_dup_threshold,
-        val_fraction=val_fraction,
-    )
-    if lang and no_langid:
+    config.tags, config.source_tags = parse_tags(tag)
+    if quality is not None:
+        if quality not in ("web", "all", "off"):
+            raise UserError(f"--quality is web, all or off, not {quality!r}")
+        on = quality != "off"
+        config.gopher_quality = config.gopher_repetition = config.fineweb_quality = on
+        config.quality_scope = "all" if quality == "all" else "web"
+    if config.languages and not config.langid:
         raise UserError("--lang needs language identification; drop --no-langid")
+    config.languages = sorted(set(config.languages))
     corpus = run_curate(
         sources,
         workdir,
         name=name,
         config=config,
         force=force,
-        workers=workers or None,
-        engine=engine,
-        ray_address=ray_address,
+        workers=executor.workers or None,
+        engine=executor.engine,
+        ray_address=executor.ray_address,
     )
     if as_json:
         print(json.dumps(corpus.metrics, indent=2, ensure_ascii=False))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def available_cores() -> int:
@@ -16,4 +18,6 @@ def available_cores() -> int:
 
 def best_device() -> torch.device:
     """The GPU when there is one, else the CPU."""
+    import torch  # here, not at the top: the CLI and curation workers start without loading torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

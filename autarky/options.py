@@ -8,6 +8,7 @@ A field becomes `--field-name` (or the flags in `metadata["flags"]`), typed by i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -22,6 +23,19 @@ import typer
 from autarky.console import UserError
 
 
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Any = dataclasses.MISSING,
+    help: str,
+    flags: tuple[str, ...] = (),
+    cli: bool = True,
+) -> Any:
+    """A config field with its default, its help text and its CLI flags: the one place each is written."""
+    metadata = {"help": help, "flags": flags, "cli": cli}
+    return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
+
+
 def option_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
 
@@ -31,7 +45,11 @@ def default_of(f: dataclasses.Field) -> Any:
 
 
 def flags_of(f: dataclasses.Field) -> tuple[str, ...]:
-    return tuple(f.metadata.get("flags", ())) or ("--" + f.name.replace("_", "-"),)
+    """The declared flags, else `--field-name` (and `--no-field-name` for a switch)."""
+    if flags := tuple(f.metadata.get("flags", ())):
+        return flags
+    flag = f.name.replace("_", "-")
+    return (f"--{flag}/--no-{flag}",) if isinstance(default_of(f), bool) else (f"--{flag}",)
 
 
 def _parameter(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
@@ -41,7 +59,11 @@ def _parameter(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
     if origin is dict:
         nested = isinstance(next(iter(default.values()), None), dict)
         metavar = "GROUP.KEY=VALUE" if nested else "KEY=VALUE"
-        shown = ", ".join(f"{k}={v}" for k, v in _flatten(default).items()) or "none"
+        if nested:  # a table of settings per group: too long to print whole
+            example = next(f"{g}.{k}={v}" for g, values in default.items() for k, v in values.items())
+            shown = f"groups {', '.join(default)}; e.g. {example}"
+        else:
+            shown = ", ".join(f"{k}={v}" for k, v in default.items()) or "none"
         help_text = f"{help_text} Repeatable; changes only the entries named (default: {shown})."
         option = typer.Option(None, *flags_of(f), help=help_text, metavar=metavar, show_default=False)
         annotation = list[str] | None
@@ -52,16 +74,6 @@ def _parameter(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
     else:
         option = typer.Option(default, *flags_of(f), help=help_text)
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-
-
-def _flatten(mapping: dict) -> dict[str, Any]:
-    out = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
 
 
 def _coerce(text: str, like: Any, flag: str) -> Any:
@@ -81,7 +93,7 @@ def _coerce(text: str, like: Any, flag: str) -> Any:
 
 def parse_mapping(items: list[str], default: dict, flag: str, value_type: Any = None) -> dict:
     """KEY=VALUE items over a copy of `default`; GROUP.KEY=VALUE reaches into a dict of dicts."""
-    result = json.loads(json.dumps(default))
+    result = copy.deepcopy(default)
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:

@@ -332,7 +332,7 @@ def test_fit_reads_the_device_only_at_sync_points_and_prefetches_in_order(monkey
     """fit works on any model, batch function and evaluation; losses stay tensors between sync points."""
     from autarky.train import Progress, fit
 
-    fit_module = importlib.import_module("autarky.train.fit")  # the package's `fit` is the function
+    fit_module = importlib.import_module("autarky.train.loop")
 
     data = torch.arange(1000) % 7
     asked, synced, saved = [], [], []

@@ -26,7 +26,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +46,12 @@ from autarky.data.normalize import Normalize
 from autarky.data.pii import RedactPII
 from autarky.data.read import ReadCheck, ReadOptions, Source, SourceError, find_sources, read_source
 from autarky.data.steps import GlobalStep, Step, StepStats, add_stats, run_steps
+from autarky.options import setting
 
 PART_SCHEMA = SCHEMA.append(pa.field("_source", pa.int32())).append(pa.field("_hash", pa.binary(16)))
 TASK_BYTES = 16 << 20  # a batch of source files for one worker: the unit of parallelism and of resume
 TASK_FILES = 256
 MAX_LISTED = 100  # errors and passed-over files the manifest lists (stats.json lists them all)
-
-
-def setting(default=MISSING, *, factory=MISSING, help: str):
-    """A config field with its default and its help text, the one place either is written."""
-    return field(default=default, default_factory=factory, metadata={"help": help})
 
 
 @dataclass
@@ -67,9 +63,13 @@ class CurateConfig:
     id_field: str = setting(
         "id", help="Field kept as the source's own id (`source_id` in meta) in .jsonl/.parquet."
     )
-    tags: dict[str, str] = setting(factory=dict, help="key=value carried by every document (`tags` column).")
+    tags: dict[str, str] = setting(
+        factory=dict, cli=False, help="key=value carried by every document (`tags` column); set with --tag."
+    )
     source_tags: dict[str, dict[str, str]] = setting(
-        factory=dict, help="Per source argument: key=value carried by its documents only, over `tags`."
+        factory=dict,
+        cli=False,
+        help="Per source argument: key=value carried by its documents only, over `tags`; --tag SRC::key=value.",
     )
     follow_links: bool = setting(
         False, help="Follow links that lead out of the given directories, and links to directories."
@@ -92,11 +92,17 @@ class CurateConfig:
         help="Longer documents are dropped (reason too_long), cut to this length in the dropped rows.",
     )
     # per-document steps
-    normalize: bool = setting(True, help="Normalise Unicode, newlines, controls and spaces.")
-    fix_mojibake: bool = setting(True, help="Repair mis-decoded text (ftfy).")
-    langid: bool = setting(True, help="Identify each document's language.")
+    normalize: bool = setting(
+        True, flags=("--normalize/--no-normalize",), help="Normalise Unicode, newlines, controls and spaces."
+    )
+    fix_mojibake: bool = setting(
+        True, flags=("--mojibake-fix/--no-mojibake-fix",), help="Repair mis-decoded text (ftfy)."
+    )
+    langid: bool = setting(True, flags=("--langid/--no-langid",), help="Identify each document's language.")
     languages: list[str] = setting(
-        factory=list, help="Keep only these languages (ISO 639-1); empty: keep all, label only."
+        factory=list,
+        flags=("--lang",),
+        help="Keep only these languages (ISO 639-1); empty: keep all, label only.",
     )
     language_min_score: float = setting(0.65, help="Score an allowed language must reach (0 to 1).")
     language_thresholds: dict[str, float] = setting(
@@ -114,10 +120,20 @@ class CurateConfig:
     quality_thresholds: dict[str, dict] = setting(
         factory=default_thresholds, help="Heuristic thresholds per language (`default` for the others)."
     )
-    pii: bool = setting(True, help="Redact e-mails, phones, cards, IP addresses, SNILS, INN, passports.")
+    pii: bool = setting(
+        True,
+        flags=("--pii/--no-pii",),
+        help="Redact e-mails, phones, cards, IP addresses, SNILS, INN, passports.",
+    )
     # global steps
-    exact_dedup: bool = setting(True, help="Drop exact duplicates (the first in source order is kept).")
-    near_dedup: bool = setting(True, help="Drop near duplicates (MinHash LSH over word n-grams).")
+    exact_dedup: bool = setting(
+        True, flags=("--dedup/--no-dedup",), help="Drop exact duplicates (the first in source order is kept)."
+    )
+    near_dedup: bool = setting(
+        True,
+        flags=("--near-dedup/--no-near-dedup",),
+        help="Drop near duplicates (MinHash LSH over word n-grams).",
+    )
     minhash_ngram: int = setting(5, help="Words per shingle for MinHash.")
     minhash_bands: int = setting(
         14, help="LSH bands: 14 bands of 8 rows find pairs of Jaccard 0.8 92% of the time (dedup.py)."

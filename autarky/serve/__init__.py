@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from autarky.console import UserError, console
+from autarky.options import setting
 
 KEYS_ENV = "AUTARKY_API_KEYS"  # keys, separated by commas or whitespace: not in the process list
 SERVED_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what serving reads
@@ -23,25 +24,48 @@ SERVED_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what se
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    dtype: str = "fp32"
-    slots: int = 16
-    max_queue: int = 64
-    prefill_chunk: int = 128
-    max_body_bytes: int = 1_000_000
-    api_keys: list[str] = field(default_factory=list)
-    api_keys_file: Path | None = None
-    audit_log: Path | None = None
-    audit_content: bool = False
-    model_name: str | None = None
-    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    max_model_len: int | None = None  # tokens per request (prompt + completion); None: the model's context
-    allow_no_key: bool = False  # listen beyond loopback with no API key
-    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides the bind address
-    header_timeout: float = 10.0  # seconds for a request's line and headers
-    body_timeout: float = 30.0  # seconds for a request's body
-    max_connections: int = 512  # open connections; more are answered 503
+    host: str = setting("127.0.0.1", help="Address to listen on (loopback unless you say otherwise).")
+    port: int = setting(8000, help="Port to listen on.")
+    dtype: str = setting("fp32", help="fp32, bf16, or int8 (weight-only, per-channel scales).")
+    slots: int = setting(16, help="Requests decoded together (KV-cache rows).")
+    max_queue: int = setting(64, help="Requests waiting for a slot before 429s.")
+    prefill_chunk: int = setting(128, help="Prompt tokens per engine step.")
+    max_body_bytes: int = setting(
+        1_000_000, flags=("--max-body",), help="Largest request body in bytes (else 413)."
+    )
+    api_keys: list[str] = setting(
+        factory=list,
+        flags=("--api-key",),
+        help="A key clients send as Bearer. Every local user can read it in the process list: "
+        f"prefer --api-keys-file or ${KEYS_ENV} (comma-separated).",
+    )
+    api_keys_file: Path | None = setting(None, help="A file of keys, one a line.")
+    audit_log: Path | None = setting(
+        None, help="The append-only audit log (default <workdir>/audit/serve.jsonl)."
+    )
+    audit_content: bool = setting(
+        False, flags=("--audit-content",), help="Also log prompt and completion text."
+    )
+    model_name: str | None = setting(
+        None, flags=("--name",), help="Model name clients use (default: the directory name)."
+    )
+    threads: int = setting(0, help="torch intra-op threads (0 = torch's default).")
+    max_model_len: int | None = setting(
+        None, help="Tokens per request, prompt + completion (default: the model's context)."
+    )
+    allow_no_key: bool = setting(
+        False,
+        flags=("--allow-no-key",),
+        help="Allow a non-loopback --host with no API key (anyone who can reach it).",
+    )
+    allowed_hosts: list[str] = setting(
+        factory=list,
+        flags=("--allowed-host",),
+        help="A Host name clients may use besides the bind address (* for any).",
+    )
+    header_timeout: float = setting(10.0, help="Seconds for a request's line and headers.")
+    body_timeout: float = setting(30.0, help="Seconds for a request's body.")
+    max_connections: int = setting(512, help="Open connections; more are answered 503.")
 
     def validate(self) -> None:
         """Each flag's mistake as a UserError that names the flag."""

@@ -6,30 +6,31 @@ import math
 from dataclasses import dataclass
 
 from autarky.console import UserError
+from autarky.options import setting
 
 
 @dataclass
 class TrainConfig:
-    preset: str = "tiny"
-    seq_len: int = 256
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_steps: int = 1000
-    minutes: float | None = None
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    schedule: str = "cosine"
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_tokens: int = 16384
-    checkpoint_interval: int = 100
-    seed: int = 1337
-    precision: str = "fp32"
+    preset: str = setting("tiny", help="Model size: tiny (~4M), small (~30M), base (~125M), 1b.")
+    seq_len: int = setting(256, help="Tokens per training window.")
+    batch_size: int = setting(16, help="Windows per micro-batch.")
+    grad_accum: int = setting(1, help="Micro-batches per optimizer step.")
+    max_steps: int = setting(1000, help="Optimizer steps (the run ends at this or --minutes).")
+    minutes: float | None = setting(None, help="Wall-clock budget; the schedule follows elapsed time.")
+    lr: float = setting(2e-3, help="Peak learning rate.")
+    min_lr_ratio: float = setting(0.1, help="The schedule's floor, as a share of --lr.")
+    warmup_steps: int = setting(50, help="Steps of linear warmup from 0 to --lr.")
+    schedule: str = setting("cosine", help="cosine, or wsd (warmup-stable-decay).")
+    decay_fraction: float = setting(0.2, help="wsd: the share of the run spent decaying to the floor.")
+    weight_decay: float = setting(0.1, help="AdamW weight decay on matrices (norm weights are not decayed).")
+    beta1: float = setting(0.9, help="AdamW beta1.")
+    beta2: float = setting(0.95, help="AdamW beta2.")
+    grad_clip: float = setting(1.0, help="Clip the gradient's global norm to this.")
+    eval_interval: int = setting(100, help="Steps between validation evaluations.")
+    eval_tokens: int = setting(16384, help="Validation tokens each evaluation scores.")
+    checkpoint_interval: int = setting(100, help="Steps between checkpoints (what --resume starts from).")
+    seed: int = setting(1337, help="Seeds the initial weights and the choice of every batch.")
+    precision: str = setting("fp32", help="fp32, or bf16 autocast.")
 
     def validate(self) -> None:
         if self.schedule not in ("cosine", "wsd"):

@@ -39,7 +39,7 @@ from autarky.train.checkpoint import (
     save_checkpoint,
 )
 from autarky.train.config import TrainConfig
-from autarky.train.fit import Batches, Progress, autocast_for, fit
+from autarky.train.loop import Batches, Progress, autocast_for, fit
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
