@@ -12,7 +12,7 @@ from rich.table import Table
 
 from autarky import artifact, offline
 from autarky.console import UserError, console
-from autarky.data.curate import CurateConfig
+from autarky.data.config import CurateConfig
 from autarky.data.executor import Executor
 from autarky.options import with_config
 from autarky.serve import ServeConfig

@@ -13,7 +13,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from autarky.cli import app
-from autarky.data.curate import CurateConfig
+from autarky.data.config import CurateConfig
 from autarky.data.executor import Executor
 from autarky.options import default_of, flags_of
 from autarky.serve import ServeConfig
@@ -146,3 +146,13 @@ def test_every_config_field_can_be_set_from_the_cli(monkeypatch, cls, target, ar
         assert value == expected, f"{' '.join(args)} gave {f.name}={value!r}"
         defaults = _received(monkeypatch, cls, target, argv)
         assert getattr(defaults, f.name) == default_of(f) or f.name == "audit_log"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_the_cli_starts_no_thread_before_it_isolates():
+    """numpy and pyarrow start threads on import, and a network namespace holds only the thread that
+    enters it: the CLI must read every config without them (this failed when CurateConfig lived
+    beside the pipeline in curate.py, which imports both)."""
+    code = "import os, autarky.cli; print(len(os.listdir('/proc/self/task')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env("work"))
+    assert out.stdout.strip() == "1", out.stderr

@@ -7,10 +7,11 @@ import unicodedata
 import pytest
 
 from autarky.data.document import Document
-from autarky.data.filters import ENGLISH, RUSSIAN, FineWebQuality, GopherQuality, GopherRepetition
+from autarky.data.filters import FineWebQuality, GopherQuality, GopherRepetition
 from autarky.data.langid import LanguageFilter
 from autarky.data.normalize import Normalize
 from autarky.data.pii import RedactPII, inn_valid, luhn_valid, redact, snils_valid
+from autarky.data.thresholds import ENGLISH, RUSSIAN
 
 PROSE_EN = (
     "The history of the town is long and it is full of stories that have been told by the people "
