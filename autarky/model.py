@@ -16,9 +16,23 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from autarky.console import UserError
+
+# The families whose config.json and tensor names this model reads and writes, and their HF class.
+FAMILIES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
+WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
+# Older checkpoints saved this buffer; it is computed from the config, never read.
+IGNORED_TENSORS = ("rotary_emb.inv_freq",)
 
 
 @dataclass
@@ -33,67 +47,129 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = True
-    bos_token_id: int = 0
-    eos_token_id: int = 1
-    pad_token_id: int = 2
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 1
+    pad_token_id: int | None = 2
+    model_type: str = "llama"
+    head_dim: int | None = None  # None: hidden_size / heads; Qwen3 sets its own
+    attention_bias: bool = False  # Llama/Qwen3: bias on q, k, v and o; Qwen2 has q/k/v bias always
+    rope_scaling: dict | None = None  # None, or Llama 3's {"rope_type": "llama3", ...}
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise UserError(
+                    f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads"
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def qkv_bias(self) -> bool:
+        return self.attention_bias or self.model_type == "qwen2"
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attention_bias and self.model_type != "qwen2"
+
+    @property
+    def qk_norm(self) -> bool:
+        """Qwen3 normalises each head's query and key (RMSNorm over head_dim) before the rotation."""
+        return self.model_type == "qwen3"
 
     def validate(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise UserError(
-                f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads"
-            )
+        if self.model_type not in FAMILIES:
+            raise UserError(f"model_type {self.model_type!r} is not one of {', '.join(FAMILIES)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise UserError("num_attention_heads must be a multiple of num_key_value_heads")
 
     def to_hf(self) -> dict:
-        """config.json as transformers' LlamaConfig writes it."""
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        """config.json as transformers' config class of this family writes it."""
+        hf = {
+            "architectures": [FAMILIES[self.model_type]],
             **asdict(self),
-            "head_dim": self.head_dim,
             "hidden_act": "silu",
-            "attention_bias": False,
             "attention_dropout": 0.0,
             "mlp_bias": False,
             "initializer_range": 0.02,
             "pretraining_tp": 1,
-            "rope_scaling": None,
             "use_cache": True,
             "torch_dtype": "float32",
         }
+        if self.model_type in ("mistral", "qwen2", "qwen3"):
+            hf.update(sliding_window=None, use_sliding_window=False)
+        return hf
 
     @classmethod
     def from_hf(cls, config: dict) -> ModelConfig:
-        """Read a Llama config.json; refuse what this model would silently compute differently."""
-        if config.get("model_type") not in ("llama", None):
+        """Read a config.json of a supported family; refuse by name whatever it would compute differently."""
+        model_type = config.get("model_type") or "llama"
+        if model_type not in FAMILIES:
             raise UserError(
-                f"model_type {config.get('model_type')!r} is not supported; autarky loads Llama-family models"
+                f"model_type {model_type!r} is not supported; autarky loads {', '.join(FAMILIES)} models"
             )
-        default_head_dim = config.get("hidden_size", 0) // max(config.get("num_attention_heads", 1), 1)
-        unsupported = {
-            "rope_scaling": config.get("rope_scaling") not in (None, {}),
-            "hidden_act": config.get("hidden_act", "silu") != "silu",
-            "attention_bias": bool(config.get("attention_bias")),
-            "mlp_bias": bool(config.get("mlp_bias")),
-            "head_dim": config.get("head_dim") not in (None, default_head_dim),
-        }
-        if refused := [f"{key}={config.get(key)!r}" for key, bad in unsupported.items() if bad]:
+        if missing := [k for k in REQUIRED_KEYS if not (isinstance(config.get(k), int) and config[k] > 0)]:
             raise UserError(
-                f"this checkpoint uses {', '.join(refused)}, which autarky's Llama does not implement yet"
+                f"config.json lacks a positive {', '.join(missing)}, which every {model_type} config has"
             )
-        known = {f.name for f in fields(cls)}
+        theta, scaling = _rope(config)
+        if refused := _differences(config, model_type):
+            raise UserError(
+                f"this {model_type} checkpoint uses {', '.join(refused)}, which autarky's model does not "
+                "compute the same way; it is refused rather than loaded wrongly"
+            )
+        known = {f.name for f in fields(cls)} - {"rope_theta", "rope_scaling"}
         values = {k: v for k, v in config.items() if k in known}
         for token in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if isinstance(values.get(token), list):
-                values[token] = values[token][0]
-            if values.get(token) is None:
-                values.pop(token, None)
-        return cls(**values)
+                values[token] = values[token][0] if values[token] else None
+        # transformers' defaults where config.json leaves a key out (they differ from ours)
+        values.setdefault("tie_word_embeddings", False)
+        values.setdefault("rms_norm_eps", 1e-6)
+        values.setdefault("num_key_value_heads", config["num_attention_heads"])
+        values["attention_bias"] = bool(values.get("attention_bias")) and model_type != "qwen2"
+        return cls(**{**values, "model_type": model_type, "rope_theta": theta, "rope_scaling": scaling})
+
+
+def _rope(config: dict) -> tuple[float, dict | None]:
+    """(theta, scaling) from either transformers 5's `rope_parameters` or 4's `rope_theta`/`rope_scaling`."""
+    params = dict(config.get("rope_parameters") or {})
+    params.update(config.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind != "llama3":
+        raise UserError(
+            f"rope type {kind!r} is not supported (autarky computes default and llama3 rotary embeddings); "
+            "the checkpoint is refused rather than loaded wrongly"
+        )
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    if missing := [k for k in keys if k not in params]:
+        raise UserError(f"the llama3 rope scaling lacks {', '.join(missing)}")
+    return theta, {"rope_type": "llama3", **{k: params[k] for k in keys}}
+
+
+def _differences(config: dict, model_type: str) -> list[str]:
+    """The settings of `config` this model would silently compute differently, as `key=value`."""
+    window = config.get("sliding_window")
+    windowed = (
+        model_type == "mistral"
+        or config.get("use_sliding_window")
+        or "sliding_attention" in (config.get("layer_types") or [])
+    )
+    context = config.get("max_position_embeddings") or 0
+    bad = {
+        "hidden_act": config.get("hidden_act", "silu") != "silu",
+        "mlp_bias": bool(config.get("mlp_bias")),
+        "sliding_window": bool(windowed) and window is not None and window < context,
+        "partial_rotary_factor": config.get("partial_rotary_factor", 1.0) != 1.0,
+        "quantization_config": bool(config.get("quantization_config")),
+        **{key: bool(config.get(key)) for key in MOE_KEYS},
+    }
+    names = {"sliding_window": "a sliding attention window"}
+    for key in MOE_KEYS:
+        names[key] = "a mixture of experts"
+    return [f"{names.get(key, key)} ({key}={config.get(key)!r})" for key, b in bad.items() if b]
 
 
 # Architecture per preset; the vocabulary size comes from the tokenizer.
@@ -157,17 +233,35 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
+    """cos and sin of each position's rotation, computed for the positions asked (no table of the
+    whole context: Llama 3's 128k positions would cost more memory than a small model's weights)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        freqs = torch.outer(torch.arange(config.max_position_embeddings, dtype=torch.float32), inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos[positions].to(dtype), self.sin[positions].to(dtype)
+        freqs = positions.unsqueeze(-1).float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+    """The rotation speed of each pair of dimensions; Llama 3 slows the slow ones down by `factor`
+    and blends smoothly between, so the model reads contexts longer than it was pretrained on."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if not config.rope_scaling:
+        return inv_freq
+    s = config.rope_scaling
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_context = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return torch.where(medium, blended, scaled)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -214,15 +308,20 @@ class Attention(nn.Module):
         self.n_head = config.num_attention_heads
         self.n_kv_head = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, self.n_head * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.hidden_size, bias=False)
+        self.q_proj = nn.Linear(config.hidden_size, self.n_head * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.hidden_size, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, positions=None, mask=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, k, cos, sin)
         if cache is not None:
@@ -277,6 +376,20 @@ class Backbone(nn.Module):
         self.rotary = RotaryEmbedding(config)
 
 
+def packed_layout(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and attention mask for rows that pack several sequences, each a run of one id in
+    `segment_ids` (B, T): a token sees only the earlier tokens of its own run, and positions restart
+    at 0 with each run, so no sequence sees another and each is computed exactly as it is alone."""
+    B, T = segment_ids.shape
+    index = torch.arange(T, device=segment_ids.device).expand(B, T)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    positions = index - torch.where(starts, index, 0).cummax(dim=1).values
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    mask = (segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)) & causal
+    return positions, mask.unsqueeze(1)
+
+
 class Llama(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -297,6 +410,8 @@ class Llama(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -310,11 +425,13 @@ class Llama(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for `input_ids` (B, T); with `targets`, also the mean cross-entropy.
 
         With a cache, row b's new tokens go to positions lengths[b].. and attend to everything
-        before them in that row; the cache's lengths advance by T.
+        before them in that row; the cache's lengths advance by T. With `segment_ids` (B, T), a row
+        packs several sequences (see `packed_layout`), each computed as it would be alone.
         """
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
@@ -325,6 +442,8 @@ class Llama(nn.Module):
                     f"sequence of {T} tokens exceeds the context of {self.config.max_position_embeddings}"
                 )
             positions = torch.arange(T, device=input_ids.device).unsqueeze(0)
+            if segment_ids is not None:
+                positions, mask = packed_layout(segment_ids)
         else:
             positions = cache.lengths[:B].unsqueeze(1) + torch.arange(T, device=input_ids.device)
             span = int(positions.max()) + 1
@@ -371,8 +490,11 @@ def state_dict_for_export(model: Llama) -> dict[str, torch.Tensor]:
 def save_pretrained(model: Llama, directory: Path, generation: dict | None = None) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_for_export(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2) + "\n")
+    save_file(state_dict_for_export(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    (directory / "config.json").write_text(
+        json.dumps({**model.config.to_hf(), "torch_dtype": dtype}, indent=2) + "\n"
+    )
     gen = {
         "bos_token_id": model.config.bos_token_id,
         "eos_token_id": model.config.eos_token_id,
@@ -385,34 +507,101 @@ def save_pretrained(model: Llama, directory: Path, generation: dict | None = Non
     (directory / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
 
 
-def load_pretrained(
-    directory: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> Llama:
-    """Load a model directory (ours, or an HF Llama checkpoint in safetensors)."""
-    directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
-        raise UserError(f"{directory} is not a model directory (needs config.json and model.safetensors)")
+def read_config(directory: Path) -> ModelConfig:
+    """The ModelConfig of a checkpoint directory's config.json (refusing what we would compute differently)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{directory} is not a model directory: it has no config.json")
     try:
-        config = ModelConfig.from_hf(json.loads(config_path.read_text()))
-        state = load_file(str(weights_path), device=str(device))
-    except (json.JSONDecodeError, OSError, RuntimeError) as e:
-        raise UserError(f"cannot read the model in {directory}: {e}") from e
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return ModelConfig.from_hf(config)
+
+
+def checkpoint_shards(directory: Path) -> dict[Path, list[str]]:
+    """Each safetensors file of a checkpoint and the tensor names it holds: the one `model.safetensors`,
+    or every shard `model.safetensors.index.json` names, each checked to hold exactly what the index says.
+    Only the files' headers are read."""
+    directory = Path(directory)
+    index = directory / INDEX
+    if not index.is_file():
+        if not (directory / WEIGHTS).is_file():
+            raise UserError(f"{directory} holds no weights: neither {WEIGHTS} nor a sharded {INDEX}")
+        return {directory / WEIGHTS: _tensor_names(directory / WEIGHTS)}
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        wanted: dict[str, set[str]] = {}
+        for name, shard in weight_map.items():
+            wanted.setdefault(shard, set()).add(name)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{index} is not a safetensors index with a weight_map ({e})") from e
+    shards = {}
+    for shard, names in sorted(wanted.items()):
+        path = directory / str(shard)
+        if Path(str(shard)).name != shard or not path.is_file():
+            raise UserError(f"the shard {shard!r} that {INDEX} names is missing from {directory}")
+        held = _tensor_names(path)
+        if set(held) != names:
+            odd = sorted(set(held) ^ names)[0]
+            raise UserError(
+                f"the shard {shard} does not match {INDEX}: {odd} is in one and not the other; "
+                "the checkpoint is incomplete or mixes shards of different saves"
+            )
+        shards[path] = held
+    return shards
+
+
+def _tensor_names(path: Path) -> list[str]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise UserError(f"{path} is not a readable safetensors file ({e})") from e
+
+
+def load_pretrained(
+    directory: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32
+) -> Llama:
+    """Load a model directory (ours, or an HF checkpoint of a supported family in safetensors).
+
+    The files are memory-mapped and each tensor becomes the model's parameter as it is (`assign`),
+    converted only when `dtype` differs from the stored one (None keeps the stored dtype), so the
+    weights are never held twice.
+    """
+    directory = Path(directory)
+    config = read_config(directory)
     with torch.device("meta"):
         model = Llama(config)
-    model = model.to_empty(device=device)
+    expected = model.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    for path, names in checkpoint_shards(directory).items():
+        with safe_open(str(path), "pt", device=str(device)) as f:
+            for name in names:
+                if name.endswith(IGNORED_TENSORS) or (
+                    config.tie_word_embeddings and name == "lm_head.weight"
+                ):
+                    continue
+                if name in expected and tuple(f.get_slice(name).get_shape()) != tuple(expected[name].shape):
+                    raise UserError(
+                        f"the tensor {name} in {path} has shape {tuple(f.get_slice(name).get_shape())}, "
+                        f"but config.json makes it {tuple(expected[name].shape)}"
+                    )
+                state[name] = f.get_tensor(name)
+    if config.tie_word_embeddings and "model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise UserError(
+            f"the weights in {directory} do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    dtype = dtype or state["model.embed_tokens.weight"].dtype
+    for name, tensor in state.items():
+        state[name] = tensor.to(dtype)
+    model.load_state_dict(state, assign=True)
     model.model.rotary = RotaryEmbedding(config).to(device)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-        state.pop("lm_head.weight", None)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # a tensor of the wrong shape
-        reason = str(e).strip().splitlines()[-1].strip()
-        raise UserError(f"the weights in {weights_path} do not fit config.json: {reason}") from e
-    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise UserError(
-            f"the weights in {weights_path} do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return model.to(dtype).eval()
+    return model.eval()

@@ -93,11 +93,36 @@ def test_unsupported_checkpoints_are_refused_clearly(tmp_path):
     torch.manual_seed(0)
     save_pretrained(Llama(preset_config("tiny", 100)), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
+    refusals = {
+        "rope type 'yarn'": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+        "sliding attention window": {"model_type": "mistral", "sliding_window": 64},
+        "mixture of experts": {"num_local_experts": 8},
+        "hidden_act": {"hidden_act": "gelu"},
+        "model_type 'gemma'": {"model_type": "gemma"},
+    }
+    for message, change in refusals.items():
+        (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(UserError, match=message):
+            load_pretrained(tmp_path)
+    # a window as long as the context changes nothing, so it loads
     (tmp_path / "config.json").write_text(
-        json.dumps({**config, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+        json.dumps({**config, "model_type": "mistral", "sliding_window": 512})
     )
-    with pytest.raises(UserError, match="rope_scaling"):
-        load_pretrained(tmp_path)
+    assert load_pretrained(tmp_path).config.model_type == "mistral"
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 100}))
-    with pytest.raises(UserError, match="do not fit"):
+    with pytest.raises(
+        UserError,
+        match=r"has shape \(256, 688\), but config.json makes it \(256, 100\)",
+    ):
         load_pretrained(tmp_path)
+
+
+def test_weights_keep_their_dtype_and_are_not_copied(tmp_path):
+    torch.manual_seed(0)
+    model = Llama(preset_config("tiny", 100)).to(torch.bfloat16)
+    save_pretrained(model, tmp_path)
+    kept = load_pretrained(tmp_path, dtype=None)
+    assert kept.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert kept.lm_head.weight is kept.model.embed_tokens.weight
+    assert torch.equal(kept.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
+    assert load_pretrained(tmp_path).model.norm.weight.dtype == torch.float32
