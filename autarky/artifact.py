@@ -32,7 +32,7 @@ from autarky.console import UserError
 SCHEMA = "autarky.manifest/2"
 OLD_SCHEMA = "autarky.manifest/1"  # an id over kind, config, input ids and files only; no seal
 MANIFEST = "manifest.json"
-KINDS = ("corpus", "tokenizer", "tokens", "model", "eval")
+KINDS = ("corpus", "chat", "tokenizer", "tokens", "model", "eval")
 
 
 def canonical_json(obj: Any) -> bytes:

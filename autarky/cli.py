@@ -12,11 +12,12 @@ from rich.table import Table
 
 from autarky import artifact, offline
 from autarky.console import UserError, console
-from autarky.data.config import CurateConfig
+from autarky.data.config import ChatConfig, CurateConfig
 from autarky.data.executor import Executor
 from autarky.options import with_config
 from autarky.serve import ServeConfig
 from autarky.train import TrainConfig
+from autarky.train.config import SFTConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -159,6 +160,45 @@ def train_command(
     console.print(
         f"[green]model[/] {model.path}: {m['parameters'] / 1e6:.2f}M params, {m['steps']} steps, "
         f"val loss {m['val_loss']:.3f}, {m['val_bpb']:.3f} bits/byte, {m['tokens_per_s'] or 0:,.0f} tokens/s"
+    )
+
+
+@app.command("sft", rich_help_panel=PIPELINE)
+@with_config(SFTConfig)
+def sft_command(
+    model: str = typer.Argument(..., help="A model artifact to fine-tune: path or name."),
+    chat: str = typer.Argument(..., help="A chat corpus artifact (from curate-chat): path or name."),
+    workdir: Path = workdir_option(),
+    name: str = typer.Option(None, help="Artifact name (default: <model>-sft-<recipe hash>)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an unfinished run from its last checkpoint."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+    config: SFTConfig = None,
+) -> None:
+    """Fine-tune a model to chat: loss on the assistant's tokens only, short conversations packed.
+
+    With --lora R only low-rank adapters train on a frozen model; the artifact holds the merged
+    model and, in adapter/, the adapter alone for PEFT.
+
+    Example: [bold]autarky sft demo-model python-chat --minutes 2 --lora 8[/]
+    """
+    from autarky.train.sft import sft
+
+    result = sft(
+        artifact.resolve(workdir, model, "model"),
+        artifact.resolve(workdir, chat, "chat"),
+        workdir,
+        config,
+        name=name,
+        resume=resume,
+        force=force,
+    )
+    m = result.metrics
+    adapter = f"; PEFT adapter in {result.path / 'adapter'}" if m["lora_rank"] else ""
+    console.print(
+        f"[green]model[/] {result.path}: {m['steps']} steps, held-out assistant loss "
+        f"{m['initial_val_loss']:.3f} → {m['val_loss']:.3f}, {m['val_bpb']:.3f} bits/byte{adapter}"
     )
 
 
@@ -380,6 +420,45 @@ def curate(
     console.print(f"[green]corpus[/] {corpus.path}  (report: {corpus.path / 'report.md'})")
 
 
+@app.command("curate-chat", rich_help_panel=PIPELINE)
+@with_config(ChatConfig)
+def curate_chat_command(
+    sources: list[Path] = typer.Argument(
+        ..., help="JSON-lines files, directories or globs: one conversation per line."
+    ),
+    name: str = typer.Option(
+        None, "--name", help="Artifact name (default: <first source dir>-chat-<recipe hash>)."
+    ),
+    workdir: Path = workdir_option(),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if an artifact with this name exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest's metrics as JSON."),
+    config: ChatConfig = None,
+) -> None:
+    """Curate conversations into a chat corpus for sft: roles and order checked, PII redacted, duplicates dropped, split.
+
+    A line is OpenAI's format (a "messages" list of role and content: system, user, assistant) or
+    the instruction format ("instruction", "input", "output"). Every line is kept or dropped with a reason.
+
+    Example: [bold]autarky curate-chat support/*.jsonl --val-fraction 0.1[/]
+    """
+    from autarky.data.chat import curate_chat
+
+    result = curate_chat(sources, workdir, name=name, config=config, force=force)
+    m = result.metrics
+    if as_json:
+        print(json.dumps(m, indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"chat/{result.name}")
+    table.add_column("conversations")
+    table.add_column("count", justify="right")
+    table.add_row("read", f"{m['conversations_in']:,}")
+    table.add_row("kept: train / val", f"{m['splits']['train']:,} / {m['splits']['val']:,}")
+    for reason, n in m["dropped"].items():
+        table.add_row(f"dropped: {reason}", f"{n:,}")
+    console.print(table)
+    console.print(f"[green]chat corpus[/] {result.path}")
+
+
 # ---------------------------------------------------------------- tokenizer and tokens
 
 
@@ -472,9 +551,11 @@ def tokenize_command(
 VERB_ORDER = [
     "demo",
     "curate",
+    "curate-chat",
     "tokenizer",
     "tokenize",
     "train",
+    "sft",
     "generate",
     "chat",
     "serve",

@@ -150,3 +150,30 @@ class CurateConfig:
                 raise UserError(f"{name} must be 1 or more, not {getattr(self, name)}")
         if self.min_budget_bytes > self.max_budget_bytes:
             raise UserError("min_budget_bytes must not be above max_budget_bytes")
+
+
+@dataclass
+class ChatConfig:
+    """Every setting that shapes a chat corpus (autarky curate-chat)."""
+
+    normalize: bool = setting(
+        True, flags=("--normalize/--no-normalize",), help="Normalise each message as curate does a document."
+    )
+    pii: bool = setting(
+        True,
+        flags=("--pii/--no-pii",),
+        help="Redact e-mails, phones, cards, IP addresses, SNILS, INN, passports in every message.",
+    )
+    exact_dedup: bool = setting(
+        True, flags=("--dedup/--no-dedup",), help="Drop repeated conversations (the first is kept)."
+    )
+    max_chars: int = setting(
+        200_000, help="A conversation with more characters than this is dropped (reason too_long)."
+    )
+    val_fraction: float = setting(0.05, help="Share of conversations held out for evaluation (val split).")
+
+    def validate(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be at least 0 and below 1, not {self.val_fraction}")
+        if self.max_chars < 1:
+            raise UserError(f"--max-chars must be 1 or more, not {self.max_chars}")

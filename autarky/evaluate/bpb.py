@@ -10,7 +10,7 @@ bytes-per-token in between. The text is cut into fixed windows, the same ones ev
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -53,7 +53,6 @@ def windows(
     return ids.unfold(0, T + 1, T)
 
 
-@torch.no_grad()
 def bits_per_byte(
     model: nn.Module,
     token_ids: np.ndarray | torch.Tensor,
@@ -63,7 +62,21 @@ def bits_per_byte(
     batch_size: int = 16,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> Score:
-    """Score `model` (any module whose `model(ids)[0]` are logits) on fixed windows of a token stream.
+    """Score `model` (any module whose `model(ids)[0]` are logits) on fixed windows of a token stream."""
+    chunks = windows(token_ids, seq_len, max_tokens)
+    batches = ((batch[:, :-1], batch[:, 1:], {}) for batch in chunks.split(batch_size))
+    return score_batches(model, batches, token_bytes, autocast)
+
+
+@torch.no_grad()
+def score_batches(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, dict]],
+    token_bytes: torch.Tensor,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> Score:
+    """Score `model` on (inputs, targets, forward keyword arguments) batches; a target of -100 is
+    not scored (chat fine-tuning scores the assistant's tokens only).
 
     Sums stay on the device and are read once at the end, so a GPU is not stalled per batch.
     """
@@ -72,20 +85,22 @@ def bits_per_byte(
     was_training = model.training
     model.eval()
     nats = counted_nats = torch.zeros((), dtype=torch.float64, device=device)
-    n_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    chunks = windows(token_ids, seq_len, max_tokens)
-    for batch in chunks.split(batch_size):
-        batch = batch.to(device)
-        targets = batch[:, 1:].reshape(-1)
+    n_bytes = n_tokens = torch.zeros((), dtype=torch.int64, device=device)
+    for inputs, targets, kwargs in batches:
+        targets = targets.to(device).reshape(-1)
         with autocast():
-            logits = model(batch[:, :-1])[0]
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets, reduction="none")
-        weight = token_bytes[targets]
+            logits = model(inputs.to(device), **{k: v.to(device) for k, v in kwargs.items()})[0]
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets, reduction="none", ignore_index=-100)
+        scored = targets != -100
+        weight = token_bytes[targets.clamp(min=0)] * scored
         nats = nats + nll.sum()
         counted_nats = counted_nats + (nll * (weight > 0)).sum()
         n_bytes = n_bytes + weight.sum()
+        n_tokens = n_tokens + scored.sum()
     model.train(was_training)
-    nats_total, counted, total_bytes = torch.stack([nats, counted_nats, n_bytes.double()]).tolist()
-    n_tokens = chunks.shape[0] * (chunks.shape[1] - 1)
+    nats_total, counted, total_bytes, total_tokens = torch.stack(
+        [nats, counted_nats, n_bytes.double(), n_tokens.double()]
+    ).tolist()
     bpb = counted / math.log(2) / total_bytes if total_bytes else math.nan
-    return Score(bpb=bpb, loss=nats_total / n_tokens, tokens=n_tokens, bytes=int(total_bytes))
+    loss = nats_total / total_tokens if total_tokens else math.nan
+    return Score(bpb=bpb, loss=loss, tokens=int(total_tokens), bytes=int(total_bytes))

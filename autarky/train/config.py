@@ -63,3 +63,35 @@ def lr_at(config: TrainConfig, step: int, progress_fraction: float) -> float:
     if p < start:
         return config.lr
     return config.lr - (config.lr - floor) * (p - start) / config.decay_fraction
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Chat fine-tuning: the training recipe with fine-tuning's defaults, plus LoRA.
+
+    The architecture is the input model's, so there is no preset to choose.
+    """
+
+    preset: str | None = setting(None, cli=False, help="Unused: sft keeps its input model's architecture.")
+    seq_len: int = setting(512, help="Tokens per packed row; a longer conversation is cut to it.")
+    batch_size: int = setting(8, help="Packed rows per micro-batch.")
+    max_steps: int = setting(200, help="Optimizer steps (the run ends at this or --minutes).")
+    lr: float = setting(1e-4, help="Peak learning rate (fine-tuning wants far less than pretraining).")
+    warmup_steps: int = setting(10, help="Steps of linear warmup from 0 to --lr.")
+    weight_decay: float = setting(0.0, help="AdamW weight decay on matrices.")
+    eval_interval: int = setting(50, help="Steps between held-out evaluations.")
+    checkpoint_interval: int = setting(50, help="Steps between checkpoints (what --resume starts from).")
+    eval_tokens: int = setting(16384, help="Held-out packed tokens each evaluation scores.")
+    lora_rank: int = setting(
+        0,
+        flags=("--lora",),
+        help="Train rank-R adapters on the attention and MLP projections of a frozen base (0: full fine-tuning).",
+    )
+    lora_alpha: float = setting(16.0, help="LoRA scale numerator: each update is scaled by alpha / rank.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            raise UserError(
+                "--lora must be 0 (full fine-tuning) or a positive rank, and --lora-alpha positive"
+            )
