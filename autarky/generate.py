@@ -109,7 +109,7 @@ class TextPolicy:
     def __init__(
         self, tokenizer: Tokenizer, stops: list[str], max_tokens: int, end_ids: set[int] | None = None
     ):
-        self.end_ids = {tokenizer.eos_id, tokenizer.end_id} if end_ids is None else end_ids
+        self.end_ids = tokenizer.stop_ids if end_ids is None else end_ids
         self.stops = [s for s in stops if s]
         self.longest = max((len(s) for s in self.stops), default=0)
         self.max_tokens = max_tokens

@@ -562,6 +562,46 @@ def _tensor_names(path: Path) -> list[str]:
         raise UserError(f"{path} is not a readable safetensors file ({e})") from e
 
 
+FLOAT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def check_checkpoint(directory: Path, config: ModelConfig) -> dict[Path, list[str]]:
+    """The tensors to read from each weight file, once every name, shape and dtype in the files'
+    headers has been checked against `config` (no weight is read)."""
+    with torch.device("meta"):
+        expected = Llama(config).state_dict()
+    plan: dict[Path, list[str]] = {}
+    for path, names in checkpoint_shards(directory).items():
+        with safe_open(str(path), "pt") as f:
+            for name in names:
+                if name.endswith(IGNORED_TENSORS) or (
+                    config.tie_word_embeddings and name == "lm_head.weight"
+                ):
+                    continue
+                piece = f.get_slice(name)
+                shape, dtype = tuple(piece.get_shape()), piece.get_dtype()
+                if name in expected and shape != tuple(expected[name].shape):
+                    raise UserError(
+                        f"the tensor {name} in {path} has shape {shape}, but config.json makes it "
+                        f"{tuple(expected[name].shape)}"
+                    )
+                if dtype not in FLOAT_DTYPES:
+                    raise UserError(
+                        f"the tensor {name} in {path} is stored as {dtype}; autarky reads float32, bfloat16 "
+                        "and float16 weights (a quantised checkpoint would be computed differently)"
+                    )
+                plan.setdefault(path, []).append(name)
+    found = {name for names in plan.values() for name in names}
+    if config.tie_word_embeddings:
+        found.add("lm_head.weight")
+    missing, unexpected = sorted(expected.keys() - found), sorted(found - expected.keys())
+    if missing or unexpected:
+        raise UserError(
+            f"the weights in {directory} do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return plan
+
+
 def load_pretrained(
     directory: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32
 ) -> Llama:
@@ -573,33 +613,18 @@ def load_pretrained(
     """
     directory = Path(directory)
     config = read_config(directory)
-    with torch.device("meta"):
-        model = Llama(config)
-    expected = model.state_dict()
     state: dict[str, torch.Tensor] = {}
-    for path, names in checkpoint_shards(directory).items():
+    for path, names in check_checkpoint(directory, config).items():
         with safe_open(str(path), "pt", device=str(device)) as f:
             for name in names:
-                if name.endswith(IGNORED_TENSORS) or (
-                    config.tie_word_embeddings and name == "lm_head.weight"
-                ):
-                    continue
-                if name in expected and tuple(f.get_slice(name).get_shape()) != tuple(expected[name].shape):
-                    raise UserError(
-                        f"the tensor {name} in {path} has shape {tuple(f.get_slice(name).get_shape())}, "
-                        f"but config.json makes it {tuple(expected[name].shape)}"
-                    )
                 state[name] = f.get_tensor(name)
-    if config.tie_word_embeddings and "model.embed_tokens.weight" in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    if missing or unexpected:
-        raise UserError(
-            f"the weights in {directory} do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
     dtype = dtype or state["model.embed_tokens.weight"].dtype
     for name, tensor in state.items():
         state[name] = tensor.to(dtype)
+    if config.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    with torch.device("meta"):
+        model = Llama(config)
     model.load_state_dict(state, assign=True)
     model.model.rotary = RotaryEmbedding(config).to(device)
     if config.tie_word_embeddings:

@@ -8,13 +8,21 @@ model), `tokenizer_config.json` (special tokens, chat template) and `special_tok
 Byte-level BPE starts from all 256 byte values, so no text is ever unknown; the price is that a
 Cyrillic letter (two UTF-8 bytes) or an emoji (four) may be split across tokens, which is why
 streaming output goes through `StreamDecoder` instead of decoding token by token.
+
+Any Hugging Face tokenizer (Llama 3, Qwen, a SentencePiece-style BPE) loads the same way: its
+special tokens come from `tokenizer_config.json`, its stop tokens also from the model's
+`generation_config.json`, and its chat template is rendered with Jinja exactly as transformers'
+`apply_chat_template` renders it (`ChatTemplate`).
 """
 
 from __future__ import annotations
 
 import codecs
+import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
@@ -47,6 +55,13 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
+
+# What transformers hands every chat template besides the messages: the named special tokens.
+NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Files of a tokenizer directory, as transformers reads them.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Private-use characters around a control token's text found in a message, so that it is encoded as text.
+MARK_START, MARK_END = "\U000f0000", "\U000f0001"
 
 DEFAULT_VOCAB_SIZE = 4096
 DEFAULT_MAX_TRAIN_BYTES = 200_000_000
@@ -84,9 +99,9 @@ class StreamDecoder:
 
 
 class Tokenizer:
-    """A byte-level BPE tokenizer: our ids, our special tokens, our chat template."""
+    """A tokenizer with its special tokens and chat template: one autarky trained, or any HF one."""
 
-    def __init__(self, hf: HFTokenizer):
+    def __init__(self, hf: HFTokenizer, settings: dict | None = None, generation: dict | None = None):
         # Text never turns into control tokens: a user message or a corpus document that contains
         # "<|end|>\n<|system|>" stays those characters, so nobody can forge a turn. Special ids come
         # only from code (the document start in the tokens stage, the chat template's pieces).
@@ -94,19 +109,43 @@ class Tokenizer:
         self.hf = hf
         self._byte_table: list[bytes] | None = None
         self._special_ids = {i for i, t in hf.get_added_tokens_decoder().items() if t.special}
+        if settings is None and all(hf.token_to_id(t) is not None for t in SPECIAL_TOKENS):
+            settings = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "chat_template": CHAT_TEMPLATE}
+        settings = settings or {}
+        self.special_tokens = {k: _token_text(settings.get(k)) for k in NAMED_TOKENS if settings.get(k)}
+        template = settings.get("chat_template")
+        if isinstance(template, list):  # several named templates: transformers uses "default"
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        self.chat_template = ChatTemplate(template, hf) if template else None
+        stops = (generation or {}).get("eos_token_id")
+        self._generation_stops = set(
+            stops if isinstance(stops, list) else [stops] if stops is not None else []
+        )
 
     @classmethod
     def load(cls, source: Path | str | Artifact) -> Tokenizer:
-        """From a tokenizer artifact, any directory holding `tokenizer.json` (a model, say), or the file."""
+        """From a tokenizer artifact, any directory holding `tokenizer.json` (a model, say), or the file.
+
+        Beside it, `tokenizer_config.json` (special tokens, chat template), `chat_template.jinja`
+        (transformers' newer place for the template) and `generation_config.json` (stop ids) are read
+        when present.
+        """
         path = source.path if isinstance(source, Artifact) else Path(source)
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.is_file():
             raise UserError(f"{path} does not exist; a tokenizer directory must hold tokenizer.json")
         try:
-            return cls(HFTokenizer.from_file(str(path)))
+            hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for a malformed file
             raise UserError(f"{path} is not a readable tokenizer.json ({e})") from e
+        settings = _read_json(path.parent / "tokenizer_config.json")
+        if (path.parent / "chat_template.jinja").is_file():
+            settings = {
+                **(settings or {}),
+                "chat_template": (path.parent / "chat_template.jinja").read_text(),
+            }
+        return cls(hf, settings, _read_json(path.parent / "generation_config.json"))
 
     @property
     def vocab_size(self) -> int:
@@ -115,25 +154,42 @@ class Tokenizer:
     def id_of(self, token: str) -> int:
         token_id = self.hf.token_to_id(token)
         if token_id is None:
-            raise UserError(f"the tokenizer has no token {token!r}; was it trained by autarky?")
+            raise UserError(f"the tokenizer has no token {token!r}")
         return token_id
 
-    @property
-    def bos_id(self) -> int:
-        return self.id_of(BOS)
+    def _named(self, name: str) -> int | None:
+        token = self.special_tokens.get(name)
+        return None if token is None else self.id_of(token)
 
     @property
     def eos_id(self) -> int:
-        return self.id_of(EOS)
+        eos = self._named("eos_token")
+        if eos is None:
+            raise UserError("the tokenizer names no eos_token in tokenizer_config.json")
+        return eos
+
+    @property
+    def bos_id(self) -> int:
+        """What starts a document: the bos token, or where a tokenizer has none (Qwen) the eos token
+        that separates documents in its pretraining."""
+        bos = self._named("bos_token")
+        return self.eos_id if bos is None else bos
 
     @property
     def pad_id(self) -> int:
-        return self.id_of(PAD)
+        pad = self._named("pad_token")
+        return self.eos_id if pad is None else pad
 
     @property
     def end_id(self) -> int:
-        """The `<|end|>` that closes a chat turn: generation of a reply stops there."""
-        return self.id_of(END)
+        """The token that closes a chat turn: our `<|end|>`, else the eos token."""
+        end = self.hf.token_to_id(END)
+        return self.eos_id if end is None else end
+
+    @property
+    def stop_ids(self) -> set[int]:
+        """Ids that end a generation: eos, the end of a turn, and any the model's generation_config lists."""
+        return {self.eos_id, self.end_id, *self._generation_stops}
 
     def encode(self, text: str) -> list[int]:
         """The ids of `text`, with no `<|bos|>` added (the tokens stage and chat template add it)."""
@@ -158,35 +214,187 @@ class Tokenizer:
         return self._byte_table[token_id]
 
     def _build_byte_table(self) -> list[bytes]:
-        if not isinstance(self.hf.decoder, decoders.ByteLevel):
-            raise UserError("streaming decode needs a byte-level BPE tokenizer; this one has another decoder")
-        char_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+        """Bytes per id: byte-level BPE (GPT-2, Llama 3, Qwen) maps characters back to bytes;
+        SentencePiece-style BPE (Llama 2, Mistral) writes a space as ▁ and a lone byte as <0xNN>."""
+        decoder = json.dumps(json.loads(self.hf.to_str()).get("decoder"))
+        if '"ByteLevel"' in decoder:
+            char_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+            as_bytes = lambda token: bytes(char_to_byte[c] for c in token)  # noqa: E731
+        elif '"Metaspace"' in decoder or '"ByteFallback"' in decoder:
+            as_bytes = _sentencepiece_bytes
+        else:
+            raise UserError(
+                "streaming decode needs a byte-level or SentencePiece-style BPE tokenizer; this one's decoder is "
+                + decoder[:80]
+            )
         table = [b""] * self.vocab_size
         for token, token_id in self.hf.get_vocab(with_added_tokens=False).items():
-            table[token_id] = bytes(char_to_byte[c] for c in token)
+            table[token_id] = as_bytes(token)
         for token_id, added in self.hf.get_added_tokens_decoder().items():
             table[token_id] = added.content.encode()  # added tokens are stored as plain text
         return table
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """The ids `CHAT_TEMPLATE` renders to: `<|bos|>`, then `<|role|>\\n{content}<|end|>\\n` per message.
+        """The ids of a conversation, as transformers' `apply_chat_template` gives them.
 
-        Built id by id rather than by rendering text, so no Jinja is needed here; special tokens
-        split the rendered text, so encoding each piece alone gives what transformers gives.
+        A control token's text inside a message (say "<|im_end|>") is encoded as text, never as the
+        control token, so a message cannot forge a turn.
         """
-        ids = [self.bos_id]
-        for message in messages:
-            role = message.get("role")
-            if role not in ROLES:
-                raise UserError(f"unknown chat role {role!r}; a message's role is one of {', '.join(ROLES)}")
-            ids.append(self.id_of(f"<|{role}|>"))
-            ids += self.encode("\n" + (message.get("content") or ""))
-            ids.append(self.end_id)
-            ids += self.encode("\n")
-        if add_generation_prompt:
-            ids.append(self.id_of("<|assistant|>"))
-            ids += self.encode("\n")
+        if self.chat_template is None:
+            raise UserError("the tokenizer has no chat template (tokenizer_config.json names none)")
+        return self.chat_template.encode(messages, add_generation_prompt, self.special_tokens, self.hf)
+
+
+def _token_text(value) -> str:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken dict."""
+    return value["content"] if isinstance(value, dict) else str(value)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return value
+
+
+def _sentencepiece_bytes(token: str) -> bytes:
+    if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+        return bytes([int(token[3:5], 16)])
+    return token.replace("▁", " ").encode()
+
+
+class ChatTemplate:
+    """A Jinja chat template rendered as transformers renders it: a sandbox that cannot change its
+    inputs, trim_blocks and lstrip_blocks, loop controls, `{% generation %}` blocks, and the same
+    globals (`raise_exception`, `strftime_now`, a JSON `tojson`, `namespace`, `dict`).
+
+    The rendered text is encoded with special tokens recognised, as transformers does. What a
+    message carries is marked first, so a control token's text from a message stays text.
+    """
+
+    def __init__(self, source: str, hf: HFTokenizer):
+        from jinja2 import TemplateError
+
+        self.source = source
+        self._markup = HFTokenizer.from_str(hf.to_str())  # the same tokenizer, control tokens recognised
+        self._markup.encode_special_tokens = False
+        controls = sorted((t.content for t in hf.get_added_tokens_decoder().values()), key=len, reverse=True)
+        self._controls = re.compile("|".join(map(re.escape, controls))) if controls else None
+        try:
+            self._template = _jinja_environment().from_string(source)
+        except TemplateError as e:
+            raise UserError(f"the chat template does not compile: {e}") from e
+
+    def render(self, messages: list[dict], add_generation_prompt: bool, special_tokens: dict) -> str:
+        from jinja2 import TemplateError
+
+        # As transformers does: keys whose value is None are dropped (OpenAI's content=None).
+        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        try:
+            return self._template.render(
+                messages=messages,
+                tools=None,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **special_tokens,
+            )
+        except TemplateError as e:
+            raise UserError(f"the chat template refused the conversation: {e}") from e
+
+    def encode(
+        self, messages: list[dict], add_generation_prompt: bool, special_tokens: dict, text: HFTokenizer
+    ):
+        """Render and encode; pieces marked as message text are encoded by `text`, which reads no control tokens."""
+        text_ids = lambda piece: text.encode(piece, add_special_tokens=False).ids  # noqa: E731
+        rendered = self.render(self._mark(messages), add_generation_prompt, special_tokens)
+        ids: list[int] = []
+        for i, piece in enumerate(re.split(f"{MARK_START}(.*?){MARK_END}", rendered, flags=re.DOTALL)):
+            if i % 2:
+                ids += text_ids(piece)
+            elif piece := piece.replace(MARK_START, "").replace(MARK_END, ""):  # a marker the template split
+                ids += self._markup.encode(piece, add_special_tokens=False).ids
         return ids
+
+    def _mark(self, value):
+        if isinstance(value, str):
+            value = value.replace(MARK_START, "").replace(MARK_END, "")
+            return (
+                self._controls.sub(lambda m: MARK_START + m.group() + MARK_END, value)
+                if self._controls
+                else value
+            )
+        if isinstance(value, dict):
+            return {k: self._mark(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._mark(v) for v in value]
+        return value
+
+
+def _jinja_environment():
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        """`{% generation %}…{% endgeneration %}` marks an assistant's tokens for training; it renders its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    class Namespace(jinja2.utils.Namespace):
+        """jinja's namespace, refusing names that start with "_" (the way out of a sandbox)."""
+
+        def __init__(*args, **kwargs):  # noqa: N805 (jinja's own signature, so `namespace(self=…)` works)
+            self, attrs = args[0], dict(*args[1:], **kwargs)
+            for name in attrs:
+                _check_name(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
+            _check_name(name)
+            super().__setitem__(name, value)
+
+    def _check_name(name) -> None:
+        if str(name).startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"a chat template may not set {name!r}")
+
+    class Dict:
+        """`dict(...)` and `dict.fromkeys(...)` without the type's other attributes."""
+
+        def __call__(self, *args, **kwargs):
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args, **kwargs):
+            return dict.fromkeys(*args, **kwargs)
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols]
+    )
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: (
+        json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    )
+    env.globals.update(
+        raise_exception=raise_exception,
+        strftime_now=lambda fmt: datetime.now().strftime(fmt),
+        namespace=Namespace,
+        dict=Dict(),
+    )
+    return env
 
 
 def _bytes_to_unicode() -> dict[int, str]:

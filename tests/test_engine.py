@@ -22,6 +22,7 @@ class ByteTokenizer:
     """What the engine and `TextPolicy` use of a tokenizer: ids 0-255 are bytes, then three specials."""
 
     eos_id, end_id, bos_id = 256, 257, 258
+    stop_ids = {eos_id, end_id}
     vocab_size = 259
 
     def token_bytes(self, token_id: int, skip_special: bool = True) -> bytes:

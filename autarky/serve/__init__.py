@@ -20,6 +20,13 @@ from autarky.options import setting
 
 KEYS_ENV = "AUTARKY_API_KEYS"  # keys, separated by commas or whitespace: not in the process list
 SERVED_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what serving reads
+# Also read when present: a sharded checkpoint's index (and every *.safetensors), the chat template, stop ids.
+ALSO_SERVED = (
+    "model.safetensors.index.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
 @dataclass
@@ -105,15 +112,14 @@ def check_exposure(host: str, keys_required: bool, allow_no_key: bool) -> None:
 
 
 def check_tokenizer(tokenizer, model_path: Path) -> None:
-    """The tokenizer beside the model must be ours: the chat template and the engine need its special tokens."""
-    from autarky.tokenizer import SPECIAL_TOKENS
-
-    missing = [t for t in SPECIAL_TOKENS if tokenizer.hf.token_to_id(t) is None]
-    if missing:
+    """The tokenizer beside the model must have a chat template and an eos token: chat needs both."""
+    if tokenizer.chat_template is None:
         raise UserError(
-            f"the tokenizer in {model_path} lacks the special tokens {', '.join(missing)}: autarky serves "
-            "models with a tokenizer that autarky trained"
+            f"the tokenizer in {model_path} has no chat template (tokenizer_config.json names none); "
+            "autarky serves models whose tokenizer can render a conversation"
         )
+    if not tokenizer.stop_ids:  # a tokenizer that names no eos token raises here, in one sentence
+        raise UserError(f"the tokenizer in {model_path} has no token that ends a generation")
 
 
 def check_weights(model_path: Path) -> None:
@@ -129,7 +135,7 @@ def check_weights(model_path: Path) -> None:
         console.print(f"[yellow]warning:[/] {model_path} has no {MANIFEST}: its weights are served unchecked")
         return
     files = load(model_path).manifest.get("files", {})
-    for name in SERVED_FILES:
+    for name in sorted({*SERVED_FILES, *ALSO_SERVED, *(p.name for p in model_path.glob("*.safetensors"))}):
         path = model_path / name
         if not path.is_file():
             continue  # loading names what is missing

@@ -35,17 +35,16 @@ def int8pack_works() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """A bias-free Linear with int8 weights and a per-output-channel scale."""
+    """A Linear with int8 weights and a per-output-channel scale (a bias, as Qwen2's, stays in fp)."""
 
     def __init__(self, linear: nn.Linear, kernel: str = "auto"):
         super().__init__()
-        if linear.bias is not None:
-            raise ValueError("Int8Linear quantises bias-free Linear layers only")
         w = linear.weight.detach().float()
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
         self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale)
         self.register_buffer("scale_bf16", scale.bfloat16())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.in_features, self.out_features = linear.in_features, linear.out_features
         if kernel == "auto":
             kernel = "int8pack" if int8pack_works() else "dequant"
@@ -55,8 +54,10 @@ class Int8Linear(nn.Module):
         if self.kernel == "int8pack":
             flat = x.reshape(-1, self.in_features).bfloat16()
             y = torch._weight_int8pack_mm(flat, self.weight, self.scale_bf16)
-            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
-        return F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
 
 
 def quantize_int8(model: Llama, kernel: str = "auto") -> Llama:
@@ -85,7 +86,10 @@ def prepare(model: Llama, dtype: str, kernel: str = "auto") -> Llama:
 def load_model(path: Path, dtype: str = "fp32", kernel: str = "auto") -> Llama:
     """Load a model directory for serving in `dtype` (a wrong dtype fails before the weights are read)."""
     check_dtype(dtype)
-    return _convert(load_pretrained(path), dtype, kernel)
+    # bf16 is loaded as bf16: a bf16 checkpoint is then memory-mapped as it is, never widened to fp32.
+    return _convert(
+        load_pretrained(path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32), dtype, kernel
+    )
 
 
 def _convert(model: Llama, dtype: str, kernel: str) -> Llama:
