@@ -20,8 +20,10 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from autarky.console import UserError
 SCHEMA = "autarky.manifest/2"
 OLD_SCHEMA = "autarky.manifest/1"  # an id over kind, config, input ids and files only; no seal
 MANIFEST = "manifest.json"
-KINDS = ("corpus", "chat", "tokenizer", "tokens", "model", "eval")
+KINDS = ("corpus", "chat", "tokenizer", "tokens", "model", "eval", "export", "tasks", "report", "card")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -531,6 +533,56 @@ def lineage(path: Path | str, max_sources: int = 10):
         return branch
 
     return node(load(path), None)
+
+
+def source_matcher(given: str) -> tuple[str, Callable[[dict], bool]]:
+    """What `lineage --uses` looks for, and a test of a manifest's source entry against it.
+
+    A file that exists is found by its content (its sha256) or its path as recorded; a bare sha256
+    (with or without `sha256:`) by content; a path to a file since deleted by the path it was
+    recorded under, or any recorded path that ends with it at a directory boundary.
+    """
+    digest = None
+    if Path(given).is_file():
+        digest = sha256_file(Path(given))
+    elif re.fullmatch(r"(sha256:)?[0-9a-f]{64}", given.lower()):
+        digest = "sha256:" + given.lower().removeprefix("sha256:")
+    if digest and not Path(given).is_file():
+        return f"content {digest}", lambda s: s.get("sha256") == digest
+    wanted = os.path.normpath(given)
+
+    def same_path(s: dict) -> bool:
+        path = os.path.normpath(str(s.get("path", "")))
+        if path == wanted or os.path.abspath(path) == os.path.abspath(wanted):
+            return True
+        return digest is None and path.endswith(os.sep + wanted.lstrip(os.sep))
+
+    if digest:
+        return f"{given} (content {digest[7:19]}…)", lambda s: s.get("sha256") == digest or same_path(s)
+    return f"the path {given}", same_path
+
+
+def uses(workdir: Path, match: Callable[[dict], bool]) -> list[tuple[Artifact, list[dict]]]:
+    """Reverse lineage: every finished artifact in the workspace whose lineage includes a source entry
+    `match` accepts, with those entries (a corpus's own, or its ancestors' for a later artifact)."""
+    finished, _ = list_workspace(workdir)
+    memo: dict[Path, list[dict]] = {}
+
+    def found(a: Artifact) -> list[dict]:
+        if a.path in memo:
+            return memo[a.path]
+        memo[a.path] = []  # an input cycle (only a forged manifest has one) ends here
+        hits = [s for s in a.manifest.get("sources", []) if match(s)]
+        for ref in a.manifest["inputs"]:
+            try:
+                upstream = load(input_dir(a.workspace, ref))
+            except UserError:  # a missing input: `verify` names it; here it uses nothing
+                continue
+            hits += [h for h in found(upstream) if h not in hits]
+        memo[a.path] = hits
+        return hits
+
+    return [(a, hits) for a in finished if (hits := found(a))]
 
 
 def artifact_size(artifact: Artifact) -> int:
