@@ -749,7 +749,7 @@ def card_command(
         note = f"  [yellow]{left[f]} field(s) for a person to fill in[/]" if left.get(f) else ""
         console.print(f"  {result.path / f}{note}")
     m = result.metrics
-    console.print(f"[green]card[/] {result.path}: {m.get('evals', 0)} eval(s), BOM {m['serial_number']}")
+    console.print(f"[green]card[/] {result.path}: {m.get('evals', 0)} eval(s), BOM {m.get('serial_number')}")
 
 
 @app.command(rich_help_panel=WORKSPACE)

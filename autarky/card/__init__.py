@@ -13,9 +13,11 @@ same inputs give the same bytes and the same card id. What no manifest can know 
 model, what it is for) is marked `[to fill in]`.
 
 Conventions read from the lineage:
-- an eval artifact's `results.json` holds `{"tasks": {task: {metric: value}}, "bpb": {...}}`; every
-  number under `bpb`, however nested (overall, per source, per language), becomes one metric named
-  by its path;
+- an eval artifact's `results.json` (autarky/evaluate/stage.py, `autarky.eval/1`) holds
+  `{"tasks": {TASK: {"metrics": {METRIC: VALUE, METRIC_stderr: …}}}, "bpb": {CORPUS: {"split",
+  "overall": {"bpb"}, "by_language": {LANG: {"bpb"}}}}}`: each task metric (with its stderr) and the
+  overall and per-language bits per byte become the card's metrics. A task's metrics may also sit
+  bare (`{TASK: {METRIC: VALUE}}`), and any other `bpb` shape gives one metric per number in it;
 - a corpus tag `license=...` is the data's licence, and `source_type=...` (public, licensed, private,
   crawled, user, synthetic, other) files its sources under the EU summary's section 2;
 - a model whose config or metrics say `origin: imported` was imported; its `license` there is the
@@ -43,7 +45,7 @@ class CardConfig:
         "", help="Who provides the model (organisation): the card's developer, the BOM's manufacturer."
     )
     license: str = setting(
-        "", help="The model's licence (an SPDX id such as apache-2.0), when its lineage declares none."
+        "", help="The model's licence, an SPDX id such as apache-2.0 (default: what its lineage declares)."
     )
 
 
@@ -102,10 +104,13 @@ class Lineage:
         return " AND ".join(licenses) or None
 
     def model_license(self, override: str = "") -> str | None:
+        """The licence the card's settings give, else the one the model or the model it came from declares."""
+        if override:
+            return override
         for a in [self.model, *reversed(self.base_models)]:
-            if declared := recorded(a, "license"):
-                return str(declared)
-        return override or None
+            if declared := licence_name(recorded(a, "license")):
+                return declared
+        return None
 
 
 def recorded(a: Artifact, key: str):
@@ -113,8 +118,26 @@ def recorded(a: Artifact, key: str):
     return a.config.get(key) if isinstance(a.config, dict) and key in a.config else a.metrics.get(key)
 
 
+def licence_name(value) -> str | None:
+    """A licence as recorded: a plain name, or what `import` found (front matter, else a LICENSE file)."""
+    if not isinstance(value, dict):
+        return str(value) if value else None
+    declared, name = value.get("declared"), value.get("name")
+    if declared and (declared != "other" or not name):
+        return str(declared)
+    if name:
+        return str(name)
+    return f"as its {value['file']} says: {value.get('title', '')}".strip() if value.get("file") else None
+
+
 def imported(a: Artifact) -> bool:
     return recorded(a, "origin") == "imported"
+
+
+def imported_from(a: Artifact) -> str | None:
+    """The name of the checkpoint directory an imported model was read from."""
+    sources = a.manifest.get("sources") or []
+    return Path(sources[0]["path"]).parent.name if imported(a) and sources else None
 
 
 def tags_of(corpus: Artifact, key: str) -> dict[str, str]:
@@ -219,7 +242,8 @@ def card(
             "evals": len(lineage.evals),
             "artifacts": len(lineage.upstream) + len(lineage.evals) + len(lineage.eval_data),
             "to_fill_in": {
-                f: (builder.dir / f).read_text(encoding="utf-8").count(TO_FILL) for f in (README, SUMMARY)
+                f: (builder.dir / f).read_text(encoding="utf-8").count(TO_FILL)
+                for f in (README, BOM, SUMMARY)
             },
         }
         return builder.finish()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from autarky.artifact import Artifact, write_atomic
-from autarky.card import TO_FILL, CardConfig, Lineage, imported, tags_of
+from autarky.card import TO_FILL, CardConfig, Lineage, imported_from, tags_of
 from autarky.card import facts as f
 
 # Licence ids the Hugging Face Hub knows; any other licence is written as `other` with its name.
@@ -37,35 +37,32 @@ def yaml_lines(value, indent: int = 0) -> list[str]:
 def header(lineage: Lineage, config: CardConfig) -> dict:
     """The Hugging Face metadata: language, licence, datasets (artifact ids), base model, metrics."""
     meta: dict = {"language": list(lineage.languages) or [TO_FILL]}
-    license_id = (lineage.model_license(config.license) or "unknown").lower()
-    meta["license"] = license_id if license_id in HF_LICENSES else "other"
+    licence = lineage.model_license(config.license) or "unknown"
+    meta["license"] = licence.lower() if licence.lower() in HF_LICENSES else "other"
     if meta["license"] == "other":
-        meta["license_name"] = license_id
+        meta["license_name"] = licence
     meta.update(library_name="transformers", pipeline_tag="text-generation")
     meta["tags"] = ["autarky", lineage.model_config.get("model_type", "llama")]
     meta["datasets"] = [c.id for c in lineage.training_data]
-    base = [b.name for b in lineage.base_models]
-    if imported(lineage.model) and (origin := lineage.model.config.get("base_model")):
-        base.insert(0, str(origin))
+    base = [imported_from(b) or b.name for b in lineage.base_models]
+    if origin := imported_from(lineage.model):
+        base.insert(0, origin)
     if base:
         meta["base_model"] = base
     groups: dict[tuple[str, str], list[dict]] = {}
     for m in f.metrics(lineage):
         groups.setdefault((m.slice, m.source), []).append({"type": m.name, "value": round(m.value, 6)})
-    meta["model-index"] = [
+    results = [
         {
-            "name": lineage.model.name,
-            "results": [
-                {
-                    "task": {"type": "text-generation"},
-                    "dataset": {"name": slice_, "type": slice_},
-                    "metrics": values,
-                    "source": {"name": source},
-                }
-                for (slice_, source), values in groups.items()
-            ],
+            "task": {"type": "text-generation"},
+            "dataset": {"name": slice_, "type": slice_},
+            "metrics": values,
+            "source": {"name": source},
         }
+        for (slice_, source), values in groups.items()
     ]
+    if results:
+        meta["model-index"] = [{"name": lineage.model.name, "results": results}]
     return meta
 
 
@@ -148,6 +145,13 @@ def corpus_section(data: Artifact) -> list[str]:
 
 def training_data(lineage: Lineage) -> list[str]:
     lines = ["## Training data", ""]
+    for model in [lineage.model, *lineage.base_models]:
+        if origin := imported_from(model):
+            lines += [
+                f"{f.label(model)} was imported from the checkpoint `{origin}`, not trained here: its training "
+                f"data is for its provider's own card and summary to describe. {TO_FILL}",
+                "",
+            ]
     if not lineage.training_data:
         return [*lines, f"No corpus is recorded in the lineage. {TO_FILL}", ""]
     tokens = f.training_tokens(lineage)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autarky.artifact import Artifact, write_atomic
-from autarky.card import TO_FILL, CardConfig, Lineage, tags_of
+from autarky.card import TO_FILL, CardConfig, Lineage, imported_from, tags_of
 from autarky.card import facts as f
 from autarky.card.readme import table
 
@@ -74,6 +74,19 @@ def size_range(tokens: int | None) -> str:
     return ", ".join(f"{CHECK[on]} {name}" for name, on in ranges.items())
 
 
+def dependencies(lineage: Lineage) -> str:
+    """The models this one comes from, whose own summaries cover their training content."""
+    if origin := imported_from(lineage.model):
+        return (
+            f"imported from the checkpoint `{origin}`, not trained here: "
+            f"its provider's summary covers its training content {TO_FILL}"
+        )
+    if lineage.base_models:
+        base = ", ".join(f"{f.label(b)} (id `{f.short(b.id)}`)" for b in lineage.base_models)
+        return f"fine-tuned from {base}; refer to its own summary for its training content"
+    return "none: trained from scratch"
+
+
 def general(lineage: Lineage, config: CardConfig) -> list[str]:
     model = lineage.model
     tokens = f.training_tokens(lineage)
@@ -82,7 +95,6 @@ def general(lineage: Lineage, config: CardConfig) -> list[str]:
     languages = lineage.languages
     total = sum(v["bytes"] for v in languages.values()) or 1
     dates = sorted(c.manifest.get("created", "?") for c in lineage.training_data)
-    base = ", ".join(f"{f.label(b)} (id `{f.short(b.id)}`)" for b in lineage.base_models)
     return [
         "## 1. General information",
         "",
@@ -94,12 +106,7 @@ def general(lineage: Lineage, config: CardConfig) -> list[str]:
         "### 1.2 Model identification",
         "",
         f"- Versioned model name: {model.name}, artifact id `{model.id}`",
-        "- Model dependencies: "
-        + (
-            f"fine-tuned from {base}; refer to its own summary for its training content"
-            if base
-            else "none: trained from scratch"
-        ),
+        f"- Model dependencies: {dependencies(lineage)}",
         f"- Date of placement on the Union market: {TO_FILL}",
         "",
         "### 1.3 Modalities, overall training data size and other characteristics",
@@ -109,7 +116,7 @@ def general(lineage: Lineage, config: CardConfig) -> list[str]:
         + (
             f" ({tokens:,} tokens; {documents:,} documents, {f.human_bytes(kept)} of text after curation)"
             if tokens is not None
-            else ""
+            else f" {TO_FILL}"
         ),
         f"- Types of content: {TO_FILL} (for example fiction, non-fiction, scientific text, code); source formats: "
         + "; ".join(
