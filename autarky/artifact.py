@@ -539,9 +539,12 @@ def source_matcher(given: str) -> tuple[str, Callable[[dict], bool]]:
     """What `lineage --uses` looks for, and a test of a manifest's source entry against it.
 
     A file that exists is found by its content (its sha256) or its path as recorded; a bare sha256
-    (with or without `sha256:`) by content; a path to a file since deleted by the path it was
-    recorded under, or any recorded path that ends with it at a directory boundary.
+    (with or without `sha256:`) by content; a directory by every file recorded under it; a path to a
+    file since deleted by the path it was recorded under, or any recorded path that ends with it at
+    a directory boundary.
     """
+    if not given.strip():
+        raise UserError("--uses needs a file, a directory or a sha256")
     digest = None
     if Path(given).is_file():
         digest = sha256_file(Path(given))
@@ -554,6 +557,8 @@ def source_matcher(given: str) -> tuple[str, Callable[[dict], bool]]:
     def same_path(s: dict) -> bool:
         path = os.path.normpath(str(s.get("path", "")))
         if path == wanted or os.path.abspath(path) == os.path.abspath(wanted):
+            return True
+        if os.path.abspath(path).startswith(os.path.abspath(wanted) + os.sep):  # under a directory given
             return True
         return digest is None and path.endswith(os.sep + wanted.lstrip(os.sep))
 
