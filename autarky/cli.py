@@ -17,6 +17,7 @@ from autarky.data.config import ChatConfig, CurateConfig
 from autarky.data.executor import Executor
 from autarky.evaluate.config import EvalConfig, SuiteConfig
 from autarky.gguf import ExportConfig
+from autarky.interop import ImportConfig
 from autarky.options import with_config
 from autarky.serve import ServeConfig
 from autarky.train import TrainConfig
@@ -163,6 +164,34 @@ def lineage(
 
 
 # ---------------------------------------------------------------- training and generation
+
+
+@app.command("import", rich_help_panel=PIPELINE)
+@with_config(ImportConfig)
+def import_command(
+    source: Path = typer.Argument(..., help="A Hugging Face checkpoint directory on this machine."),
+    workdir: Path = workdir_option(),
+    name: str = typer.Option(
+        None, help="Name of both artifacts (default: the directory's name + recipe hash)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace existing artifacts of the same name."),
+    config: ImportConfig = None,
+) -> None:
+    """Import open weights (Llama, Mistral, Qwen2, Qwen3 in safetensors) as a model and a tokenizer artifact.
+
+    Nothing is downloaded and nothing is unpickled; what the model would compute differently is refused by name.
+
+    Example: [bold]autarky import ~/models/Qwen2.5-0.5B-Instruct --dtype bfloat16[/]
+    """
+    from autarky.interop import import_model
+
+    model, tokenizer = import_model(source, workdir, config, name=name, force=force)
+    m, licence = model.metrics, model.config["license"]
+    console.print(
+        f"[green]model[/] {model.path}: {model.config['architecture']}, {m['parameters'] / 1e6:,.1f}M params, "
+        f"{'/'.join(m['dtype'])}, context {m['context']}, licence {licence.get('declared') or licence.get('title') or 'not declared'}"
+    )
+    console.print(f"[green]tokenizer[/] {tokenizer.path}: {tokenizer.metrics['vocab_size']:,} tokens")
 
 
 @app.command("train", rich_help_panel=PIPELINE)
@@ -781,6 +810,7 @@ VERB_ORDER = [
     "curate-chat",
     "tokenizer",
     "tokenize",
+    "import",
     "train",
     "sft",
     "generate",
