@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 	# torch first and pinned to the CPU build this machine's pip finds locally; asked for bare,
 	# or by a dependency first, pip would fetch a multi-GB CUDA build from PyPI.
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	# llama-cpp-python (the GGUF round-trip test, bench/gguf_decode.py) has no Linux wheel on PyPI: pip builds
+	# it once from source and reuses the wheel from its cache after. Portable (AVX2, not -march=native) so the
+	# cached wheel runs on any x86-64-v3 machine; without the multimodal library nothing here uses.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 # Debian's Chromium for the web-chat test (Playwright drives it; no browser download).
@@ -36,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/curate.py ../shared/corpora/ruslit
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/gguf_decode.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check autarky tests bench

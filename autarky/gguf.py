@@ -208,20 +208,28 @@ def read_architecture(directory: Path) -> dict:
             f"GGUF export writes Llama-family models ({', '.join(FAMILIES)}); "
             f"{directory} is model_type {family!r}"
         )
-    rope_type = (config.get("rope_scaling") or {}).get(
-        "rope_type", (config.get("rope_scaling") or {}).get("type")
-    )
+    _, rope = rope_settings(config)
     window = config.get("sliding_window")
     unsupported = {
-        "rope_scaling": config.get("rope_scaling") and rope_type != "llama3",
+        "rope_scaling": rope.get("rope_type", "default") not in ("default", "llama3"),
         "hidden_act": config.get("hidden_act", "silu") != "silu",
         "attention_bias": bool(config.get("attention_bias")),
         "mlp_bias": bool(config.get("mlp_bias")),
         "sliding_window": window is not None and window < config.get("max_position_embeddings", 0),
     }
-    if refused := [f"{key}={config.get(key)!r}" for key, bad in unsupported.items() if bad]:
+    shown = {**config, "rope_scaling": rope}
+    if refused := [f"{key}={shown.get(key)!r}" for key, bad in unsupported.items() if bad]:
         raise UserError(f"{directory} uses {', '.join(refused)}, which GGUF export does not write yet")
     return config
+
+
+def rope_settings(config: dict) -> tuple[float, dict]:
+    """(theta, scaling) from transformers 5's `rope_parameters` or 4's `rope_theta` and `rope_scaling`."""
+    scaling = {**(config.get("rope_parameters") or {}), **(config.get("rope_scaling") or {})}
+    theta = float(scaling.pop("rope_theta", config.get("rope_theta", 10000.0)))
+    if "type" in scaling:  # the older spelling
+        scaling.setdefault("rope_type", scaling.pop("type"))
+    return theta, scaling
 
 
 def weight_files(directory: Path) -> dict[str, Path]:
@@ -319,7 +327,7 @@ def write_hyperparameters(writer, config: dict, shape: Shape, dtype: str, title:
     writer.add_key_length(shape.head_dim)
     writer.add_value_length(shape.head_dim)
     writer.add_rope_dimension_count(shape.head_dim)
-    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_rope_freq_base(rope_settings(config)[0])
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
 
 
@@ -468,12 +476,11 @@ def encode(tensor, qtype):
 
 def rope_factors(config: dict, shape: Shape):
     """Llama 3's rope scaling as llama.cpp takes it: a per-frequency divisor (`rope_freqs`)."""
-    scaling = config.get("rope_scaling") or {}
-    if scaling.get("rope_type", scaling.get("type")) != "llama3":
+    base, scaling = rope_settings(config)
+    if scaling.get("rope_type") != "llama3":
         return None
     import numpy as np
 
-    base = float(config.get("rope_theta", 10000.0))
     factor = scaling.get("factor", 8.0)
     low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
     old_context = scaling.get("original_max_position_embeddings", 8192)

@@ -213,6 +213,46 @@ def test_llama_cpp_continues_a_prompt_exactly_as_autarky_generate_does(trained, 
     assert tokens and tokenizer.decode(tokens).strip() and cosine > 0.99
 
 
+def test_llama_cpp_computes_a_llama_3_model_as_transformers_does(trained, tmp_path):
+    """Grouped-query attention, an untied head and Llama 3's rope scaling (llama.cpp's `rope_freqs`),
+    on a random model transformers builds from a config: the logits at every position agree."""
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (make test installs it with the dev extra)"
+    )
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = Tokenizer.load(trained.path).vocab_size
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_theta=500000.0,
+        rope_scaling={**scaling, "original_max_position_embeddings": 32},
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(config).eval()
+    for p in hf.parameters():  # larger weights than the init, so that a layout error shows in the logits
+        p.data.normal_(0, 0.2) if p.dim() > 1 else p.data.uniform_(0.5, 1.5)
+    hf.save_pretrained(tmp_path / "hf")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(trained.path / f, tmp_path / "hf" / f)
+    write_gguf(tmp_path / "hf", tmp_path / "llama3.gguf", "f32")
+    ids = torch.randint(0, vocab, (1, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(ids).logits[0].numpy()
+    llm = llama_cpp.Llama(
+        str(tmp_path / "llama3.gguf"), n_ctx=64, logits_all=True, n_threads=2, verbose=False
+    )
+    llm.eval(ids[0].tolist())
+    assert np.abs(np.asarray(llm.scores[:48]) - want).max() <= 1e-3 * np.abs(want).max()
+
+
 # ---------------------------------------------------------------- bad input
 
 
