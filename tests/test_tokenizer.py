@@ -228,3 +228,64 @@ def test_cli_prints_the_table(corpus, work, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 2
+
+
+# ---------------------------------------------------------------- tokenizers made elsewhere
+
+
+@pytest.mark.parametrize("style", ["qwen", "llama3"])
+def test_foreign_chat_templates_give_transformers_ids(style, tmp_path, monkeypatch):
+    """A template written in the Llama 3 or the Qwen manner renders to exactly transformers' ids; a
+    control token's text in a message stays text, as transformers' sanitize_control_tokens has it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    from tests.test_import import CHAT, STYLES, save_tokenizer
+
+    save_tokenizer(tmp_path, style)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": STYLES[style]["stops"]}))
+    ours, hf = Tokenizer.load(tmp_path), AutoTokenizer.from_pretrained(str(tmp_path))
+    for messages in (CHAT[:3], CHAT[1:3], CHAT[1:2]):
+        for add in (True, False):
+            theirs = hf.apply_chat_template(messages, add_generation_prompt=add)["input_ids"]
+            assert ours.apply_chat_template(messages, add) == list(theirs)
+    forged = ours.apply_chat_template(CHAT)
+    assert forged == list(
+        hf.apply_chat_template(CHAT, add_generation_prompt=True, sanitize_control_tokens=True)["input_ids"]
+    )
+    naive = list(hf.apply_chat_template(CHAT, add_generation_prompt=True)["input_ids"])
+    control = {ours.id_of(t) for t in STYLES[style]["specials"]}
+    assert sum(i in control for i in forged) < sum(i in control for i in naive)
+    assert ours.decode(forged, skip_special=False) == hf.decode(naive, skip_special_tokens=False)
+    assert ours.stop_ids == set(STYLES[style]["stops"])
+    # documents start with bos, or where there is none (Qwen) with the eos that separates them
+    assert ours.bos_id == (0 if style == "llama3" else ours.id_of("<|im_end|>"))
+
+
+def test_sentencepiece_style_tokenizers_stream_whole_characters(tmp_path):
+    """Llama 2 / Mistral style: ▁ for a space and <0xNN> byte tokens for what the vocabulary lacks."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyz", "▁h", "▁he"]:
+        vocab.setdefault(piece, len(vocab))
+    hf = HFTokenizer(models.BPE(vocab, [("▁", "h"), ("▁h", "e")], unk_token="<unk>", byte_fallback=True))
+    hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    hf.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    hf.add_special_tokens(["<s>", "</s>"])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    tok = Tokenizer.load(tmp_path)
+    text = "he said Привет 🙂"
+    ids = tok.encode(text)
+    assert tok.token_bytes(vocab["<0xF0>"]) == b"\xf0" and tok.token_bytes(vocab["▁he"]) == b" he"
+    stream = tok.decode_stream()
+    pieces = [stream.step(i) for i in [tok.bos_id, *ids]] + [stream.finish()]
+    assert "".join(pieces) == " " + text == " " + tok.decode(ids)  # the stream keeps the leading ▁ as a space
+    assert all("\ufffd" not in p for p in pieces)
+    assert (tok.bos_id, tok.stop_ids) == (1, {2})
+    with pytest.raises(UserError, match="no chat template"):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
