@@ -89,6 +89,7 @@ def test_a_task_file_in_lm_eval_format_reads_with_fields_templates_and_text_targ
         (MC_DOCS, ("  - metric: acc_norm", "  - metric: bleu"), "metric bleu is not one"),
         (MC_DOCS, ("test: capitals.jsonl", "test: elsewhere.jsonl"), "elsewhere.jsonl does not exist"),
         (MC_DOCS, ("doc_to_target: answer\n", ""), "needs `doc_to_target`"),
+        (MC_DOCS, ("task: capitals", "task: ../capitals"), "may hold letters, digits"),
     ],
 )
 def test_a_bad_task_file_is_one_clear_sentence(tmp_path, docs, yaml_edit, says):

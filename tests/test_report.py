@@ -111,8 +111,14 @@ def test_lineage_uses_on_a_file_nothing_used_is_an_explicit_empty_answer(work, t
     assert result.exit_code != 0
 
 
-def test_eval_compare_prints_a_table_and_writes_a_chart(work, tmp_path):
-    work.evaluate()
+def test_eval_verb_and_compare_print_tables_and_a_chart(work, tmp_path):
+    evaluation = work.evaluate()
+    wd = ["-w", str(work.workdir)]
+    settings = ["--bpb-tokens", "400", "--seq-len", "64", "--prompt", "The", "--sample-tokens", "4"]
+    printed = invoke("eval", work.model.name, "--corpus", work.corpus.name, "--no-suite", *settings, *wd)
+    assert f"reusing finished eval {evaluation.path}" in printed and "bits/byte" in printed
+    result = CliRunner().invoke(app, ["eval", work.model.name, "--corpus", "nothing-here", *wd])
+    assert result.exit_code != 0 and "no finished corpus called 'nothing-here'" in str(result.exception)
     printed = invoke("eval", "--compare", "-w", str(work.workdir), "--plot", str(tmp_path / "c.png"))
     assert work.model.name in printed and f"bpb:{work.corpus.name}" in printed
     assert (tmp_path / "c.png").stat().st_size > 1000

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from autarky.console import UserError
 from autarky.evaluate.bpb import bits_per_byte, token_byte_lengths
 from autarky.evaluate.tasks import Task
 from autarky.generate import SamplingParams, complete
@@ -45,6 +46,8 @@ def loglikelihood(
     requests run longest first in right-padded batches, which a causal model scores exactly.
     """
     limit = model.config.max_position_embeddings + 1
+    if any(len(cont) >= limit for _, cont in requests):
+        raise UserError(f"a continuation is longer than the model's context of {limit - 1} tokens")
     device = next(model.parameters()).device
     results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]) - len(requests[i][1]))
@@ -109,7 +112,7 @@ def score_generation(model: Llama, tokenizer: Tokenizer, task: Task) -> tuple[di
     records, correct = [], []
     params = SamplingParams(temperature=0.0, max_tokens=task.max_gen_toks, stop=task.until)
     for index, item in enumerate(task.items):
-        ids = tokenizer.encode(item.context)[-(context - task.max_gen_toks - 1) :]
+        ids = tokenizer.encode(item.context)[-max(context - task.max_gen_toks - 1, 1) :]
         output = complete(model, tokenizer, [tokenizer.bos_id, *ids], params).text
         correct.append(output.strip() == item.gold.strip())
         records.append({"doc": index, "target": item.gold, "output": output, "match": correct[-1]})

@@ -56,6 +56,8 @@ def evaluate(
     `tasks` are tasks artifacts, task YAML files or directories of them. With `suite`, the built-in
     tasks are made from each corpus (or reused) and scored as well.
     """
+    from autarky.data.corpus import shard_paths
+
     config = config or EvalConfig()
     config.validate()
     if model.kind != "model":
@@ -63,6 +65,8 @@ def evaluate(
     for corpus in corpora:
         if corpus.kind != "corpus":
             raise UserError(f"{corpus.path} is a {corpus.kind}; bits per byte is measured on a corpus")
+        if not shard_paths(corpus, "val"):
+            raise UserError(f"corpus {corpus.name} has no val split to measure bits per byte on")
     corpora = list({c.path: c for c in corpora}.values())  # each once, in the order given
     task_artifacts = [t for t in tasks if isinstance(t, Artifact)]
     if suite is not None:
@@ -117,7 +121,7 @@ def run(
     model: Artifact, corpora: list[Artifact], tasks: list[tuple[str, Task]], config: EvalConfig, out: Path
 ) -> dict:
     """Load the model once and score everything; per-document records go to `out/samples/`."""
-    from autarky.data.corpus import iter_documents, shard_paths
+    from autarky.data.corpus import iter_documents
     from autarky.evaluate.score import bpb_by_group, score_generation, score_multiple_choice
     from autarky.machine import best_device
     from autarky.model import load_pretrained
@@ -126,8 +130,6 @@ def run(
     net, tokenizer = load_pretrained(model.path, device=best_device()), Tokenizer.load(model.path)
     results: dict = {"schema": SCHEMA, "model": {"name": model.name, "id": model.id}, "bpb": {}, "tasks": {}}
     for corpus in corpora:
-        if not shard_paths(corpus, "val"):
-            raise UserError(f"corpus {corpus.name} has no val split to measure bits per byte on")
         console.print(f"bits per byte on {corpus.name} (val, up to {config.bpb_tokens:,} tokens)")
         documents = iter_documents(corpus, "val", ("text", "lang", "source"))
         scores = bpb_by_group(net, tokenizer, documents, config.bpb_tokens, config.seq_len, config.batch_size)

@@ -27,6 +27,7 @@ import ast
 import dataclasses
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ def load_task(path: Path) -> Task:
         ) from e
     if not isinstance(spec, dict) or not isinstance(spec.get("task"), str) or not spec["task"]:
         raise UserError(f"{path} is not an lm-eval task: it needs a `task:` name")
+    if not re.fullmatch(r"\w[\w.@+-]*", spec["task"]):
+        raise UserError(f"{path}: the task name {spec['task']!r} may hold letters, digits and _ . @ + - only")
     unknown = sorted(set(spec) - KNOWN_KEYS)
     if unknown:
         raise UserError(f"{path}: {', '.join(unknown)} is not among the task settings autarky supports")
@@ -110,14 +113,20 @@ def load_task(path: Path) -> Task:
     data = data_file(path, spec)
     generation = spec.get("generation_kwargs") or {}
     until = generation.get("until", ["\n\n"])
+    until = [until] if isinstance(until, str) else until
+    max_gen_toks = generation.get("max_gen_toks", 64)
+    if not (isinstance(until, list) and all(isinstance(u, str) for u in until)):
+        raise UserError(f"{path}: generation_kwargs.until must be a string or a list of strings")
+    if isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int) or max_gen_toks < 1:
+        raise UserError(f"{path}: generation_kwargs.max_gen_toks must be a whole number of at least 1")
     task = Task(
         name=spec["task"],
         output_type=output_type,
         items=[],
         metrics=metric_names(path, spec, output_type),
         target_delimiter=str(spec.get("target_delimiter", " ")),
-        until=[until] if isinstance(until, str) else list(until),
-        max_gen_toks=int(generation.get("max_gen_toks", 64)),
+        until=until,
+        max_gen_toks=max_gen_toks,
         language=(spec.get("metadata") or {}).get("language"),
         files=[path, data],
     )
