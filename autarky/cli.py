@@ -415,23 +415,32 @@ def export_command(
 def demo(
     workdir: Path = workdir_option(),
     source: Path = typer.Option(None, help="Use your own documents instead of Python's documentation."),
-    minutes: float = typer.Option(8.0, help="Training budget in minutes."),
-    max_steps: int = typer.Option(100_000, "--max-steps", help="Stop training earlier at this many steps."),
+    minutes: float = typer.Option(7.0, help="Pretraining budget in minutes."),
+    sft_minutes: float = typer.Option(1.5, "--sft-minutes", help="Chat fine-tuning budget in minutes."),
+    max_steps: int = typer.Option(
+        100_000, "--max-steps", help="Stop pretraining and fine-tuning earlier at this many steps."
+    ),
     vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokens in the BPE vocabulary."),
     preset: str = typer.Option("tiny", help="Model size: tiny (~4M), small (~30M), base (~125M), 1b."),
 ) -> None:
-    """The whole pipeline in one command: curate → tokenizer → tokenize → train → sample.
+    """The whole pipeline in one command: curate → tokenizer → tokenize → train → sample → chat data → sft → chat.
 
-    With no --source it learns from this Python's own documentation, which every machine has.
-    A second run reuses every finished artifact.
+    With no --source it learns from this Python's own documentation, which every machine has, and
+    makes its instruction set from the same pages. A second run reuses every finished artifact.
 
-    Example: [bold]autarky demo --minutes 2[/]
+    Example: [bold]autarky demo --minutes 2 --sft-minutes 0.5[/]
     """
     from autarky.demo import print_result, run_demo
 
     print_result(
         run_demo(
-            workdir, source=source, minutes=minutes, max_steps=max_steps, vocab_size=vocab_size, preset=preset
+            workdir,
+            source=source,
+            minutes=minutes,
+            max_steps=max_steps,
+            vocab_size=vocab_size,
+            preset=preset,
+            sft_minutes=sft_minutes,
         )
     )
 

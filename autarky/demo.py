@@ -6,16 +6,23 @@ that can run autarky has it, nobody downloads it, and it is the same text on eve
 same Python version (man pages and /usr/share/doc are missing from minimal images and differ
 between distributions). Only docstrings and signatures are written, never module data, so values
 such as environment variables never reach the corpus.
+
+The chat stage makes its instruction set from the same documentation, with no network and no other
+model: "What does `json.dumps` do?" answered by the first paragraph of its docstring, "Which module
+provides `dumps`?" by its module, "Tell me about X." by a page's first paragraph. The pretrained
+model is fine-tuned on it (sft) and the demo ends with a short chat with the result.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import re
 import sys
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.table import Table
@@ -38,6 +45,10 @@ SKIP_MODULES = {
     "__phello__",
 }
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+# A documented function or class of a library page (render_module's layout) and its docstring's first paragraph.
+API_ENTRY = re.compile(r"^(?:function|class) ([A-Za-z]\w*)[^\n]*\n\n(.+?)(?:\n\n|\Z)", re.M | re.S)
+UNDERLINE = re.compile(r"^[*=~#^-]{3,}$")
+ANSWER_CHARS = 320  # an answer is the first sentences of a paragraph, up to this length
 
 
 def _doc_of(obj) -> str:
@@ -127,6 +138,79 @@ def export_python_docs(dest: Path) -> Path:
     return dest
 
 
+# ---------------------------------------------------------------- the instruction set
+
+
+def first_sentences(paragraph: str, limit: int = ANSWER_CHARS) -> str:
+    """A paragraph on one line, cut after the last sentence that ends within `limit` characters."""
+    text = " ".join(paragraph.split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    return text[: cut + 1] if cut > 0 else text[:limit].rsplit(" ", 1)[0] + "…"
+
+
+def _about(text: str) -> dict | None:
+    """ "Tell me about <title>." answered by the page's first paragraph of prose (not a heading, not code)."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    title = paragraphs[0].strip().splitlines()[0].strip() if paragraphs else ""
+    for paragraph in paragraphs[1:]:
+        lines = [line.strip() for line in paragraph.splitlines()]
+        if paragraph.startswith((" ", "\t")) or any(UNDERLINE.match(line) for line in lines):
+            continue  # code, or a heading
+        if len(prose := " ".join(lines)) >= 40:
+            return conversation(f"Tell me about {title}.", first_sentences(prose))
+    return None
+
+
+def conversation(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def instruction_set(source: Path) -> list[dict]:
+    """Questions and answers from documentation files alone: no network, no other model.
+
+    A library page (`library/<module>.txt`, as `render_module` writes it) gives "What does
+    `module.name` do?" for each documented function and class, answered by its docstring's first
+    paragraph, and "Which module provides `name`?" where only one module does. Any other page gives
+    "Tell me about <its title>." answered by its first paragraph.
+    """
+    chats, api = [], {}
+    pages = [Path(source)] if Path(source).is_file() else sorted(Path(source).rglob("*"))
+    for path in [p for p in pages if p.suffix in (".txt", ".md") and p.is_file()]:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if path.parent.name == "library":
+            module = text.split("\n", 1)[0].strip()
+            api[module] = [(m[1], first_sentences(m[2])) for m in API_ENTRY.finditer(text)]
+        elif about := _about(text):
+            chats.append(about)
+    owners = Counter(name for entries in api.values() for name, _ in entries)
+    for module, entries in sorted(api.items()):
+        for name, answer in entries:
+            chats.append(conversation(f"What does `{module}.{name}` do?", answer))
+            if owners[name] == 1:
+                chats.append(
+                    conversation(f"Which module provides `{name}`?", f"`{name}` is in the `{module}` module.")
+                )
+    return chats
+
+
+def write_instruction_set(source: Path, dest: Path) -> Path:
+    """The instruction set of `source` as JSON lines (the file is left untouched when unchanged)."""
+    text = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in instruction_set(source))
+    if not text:
+        raise UserError(
+            f"{source} holds no page to make questions from (.txt or .md with a title and a paragraph)"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.is_file() or dest.read_text(encoding="utf-8") != text:
+        write_atomic(dest, text)
+    return dest
+
+
+# ---------------------------------------------------------------- the demo
+
+
 @dataclass
 class DemoResult:
     corpus: Artifact
@@ -135,23 +219,24 @@ class DemoResult:
     model: Artifact
     sample_prompt: str
     sample: str
+    chat: Artifact
+    chat_model: Artifact
+    exchange: list[tuple[str, str, str]] = field(default_factory=list)  # (label, question, answer)
 
 
 def run_demo(
     workdir: Path,
     source: Path | None = None,
-    minutes: float = 8.0,
+    minutes: float = 7.0,
     max_steps: int = 100_000,
     vocab_size: int = 4096,
     preset: str = "tiny",
     prompt: str | None = None,
+    sft_minutes: float = 1.5,
 ) -> DemoResult:
     from autarky.data.curate import curate
-    from autarky.generate import SamplingParams, complete
-    from autarky.model import load_pretrained
-    from autarky.tokenizer import Tokenizer, train_tokenizer
+    from autarky.tokenizer import train_tokenizer
     from autarky.tokens import tokenize
-    from autarky.train import TrainConfig, train
 
     workdir = Path(workdir)
     if source is None:
@@ -169,34 +254,90 @@ def run_demo(
     console.rule("[bold]3 · tokenize")
     tokens = tokenize(corpus, tokenizer, workdir)
     console.rule("[bold]4 · train")
-    model = train(
-        tokens,
-        workdir,
-        TrainConfig(
-            preset=preset,
-            max_steps=max_steps,
-            minutes=minutes,
-            schedule="wsd",
-            seq_len=256,
-            batch_size=16,
-            lr=3e-3,
-            warmup_steps=30,
-            eval_interval=100,
-            checkpoint_interval=50,
-        ),
-        resume=True,  # a demo killed mid-training picks up from its last checkpoint
-    )
+    model = _pretrain(tokens, workdir, preset, minutes, max_steps)
     console.rule("[bold]5 · sample")
-    tok = Tokenizer.load(model.path)
-    net = load_pretrained(model.path)
     prompt = prompt or "The list data type"
-    completion = complete(
-        net,
-        tok,
-        [tok.bos_id, *tok.encode(prompt)],
-        SamplingParams(temperature=0.7, top_k=40, max_tokens=120, seed=0),
+    sample = _sample(model, prompt)
+    console.rule("[bold]6 · chat data")
+    chat_file = write_instruction_set(Path(source), workdir / "sources" / f"{Path(source).name}-chat.jsonl")
+    chat = _curate_chat(chat_file, workdir)
+    console.rule("[bold]7 · sft")
+    chat_model = _fine_tune(model, chat, workdir, sft_minutes, max_steps)
+    return DemoResult(
+        corpus, tokenizer, tokens, model, prompt, sample, chat, chat_model, _exchange(chat_model, chat)
     )
-    return DemoResult(corpus, tokenizer, tokens, model, prompt, completion.text)
+
+
+def _pretrain(tokens: Artifact, workdir: Path, preset: str, minutes: float, max_steps: int) -> Artifact:
+    from autarky.train import TrainConfig, train
+
+    config = TrainConfig(
+        preset=preset,
+        max_steps=max_steps,
+        minutes=minutes,
+        schedule="wsd",
+        seq_len=256,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=30,
+        eval_interval=100,
+        checkpoint_interval=50,
+    )
+    return train(
+        tokens, workdir, config, resume=True
+    )  # a demo killed mid-training picks up from its last checkpoint
+
+
+def _sample(model: Artifact, prompt: str) -> str:
+    from autarky.generate import SamplingParams, complete
+    from autarky.model import load_pretrained
+    from autarky.tokenizer import Tokenizer
+
+    tok, net = Tokenizer.load(model.path), load_pretrained(model.path)
+    params = SamplingParams(temperature=0.7, top_k=40, max_tokens=120, seed=0)
+    return complete(net, tok, [tok.bos_id, *tok.encode(prompt)], params).text
+
+
+def _curate_chat(chat_file: Path, workdir: Path) -> Artifact:
+    from autarky.data.chat import curate_chat
+
+    return curate_chat([chat_file], workdir)
+
+
+def _fine_tune(model: Artifact, chat: Artifact, workdir: Path, minutes: float, max_steps: int) -> Artifact:
+    from autarky.train.config import SFTConfig
+    from autarky.train.sft import sft
+
+    config = SFTConfig(
+        seq_len=256,
+        batch_size=16,
+        max_steps=max_steps,
+        minutes=minutes,
+        lr=1e-3,
+        schedule="wsd",
+        warmup_steps=10,
+        eval_interval=100,
+        checkpoint_interval=50,
+        eval_tokens=8192,
+    )
+    return sft(model, chat, workdir, config, resume=True)
+
+
+def _exchange(chat_model: Artifact, chat: Artifact) -> list[tuple[str, str, str]]:
+    """The fine-tuned model's greedy answers to a question it was trained on and one held out."""
+    from autarky.data.chat import iter_conversations
+    from autarky.generate import SamplingParams, complete
+    from autarky.model import load_pretrained
+    from autarky.tokenizer import Tokenizer
+
+    tok, net = Tokenizer.load(chat_model.path), load_pretrained(chat_model.path)
+    exchange = []
+    for label, split in (("seen in training", "train"), ("held out", "val")):
+        question = next(iter_conversations(chat, split))[0]
+        prompt = tok.apply_chat_template([question], add_generation_prompt=True)
+        answer = complete(net, tok, prompt, SamplingParams(temperature=0.0, max_tokens=80)).text
+        exchange.append((label, question["content"], answer.strip()))
+    return exchange
 
 
 def summary_table(result: DemoResult) -> Table:
@@ -204,6 +345,7 @@ def summary_table(result: DemoResult) -> Table:
     for column in ("stage", "artifact", "id", "key figures"):
         table.add_column(column)
     c, t, k, m = result.corpus.metrics, result.tokenizer.metrics, result.tokens.metrics, result.model.metrics
+    h, s = result.chat.metrics, result.chat_model.metrics
     rows = [
         (
             "curate",
@@ -227,6 +369,16 @@ def summary_table(result: DemoResult) -> Table:
             result.model,
             f"{m['parameters'] / 1e6:.1f}M params, {m['steps']} steps, val loss {m['initial_val_loss']:.2f} → {m['val_loss']:.2f}, {m['val_bpb']:.3f} bits/byte, {m['tokens_per_s'] or 0:,.0f} tok/s",
         ),
+        (
+            "chat data",
+            result.chat,
+            f"{h['conversations_in']:,} conversations, {h['splits']['train']:,} train / {h['splits']['val']:,} held out",
+        ),
+        (
+            "sft",
+            result.chat_model,
+            f"{s['steps']} steps, {s['epochs']} epochs, held-out assistant loss {s['initial_val_loss']:.2f} → {s['val_loss']:.2f}, {s['val_bpb']:.3f} bits/byte",
+        ),
     ]
     for stage, a, figures in rows:
         table.add_row(stage, f"{a.kind}/{a.name}", a.id[7:19], figures)
@@ -238,4 +390,7 @@ def print_result(result: DemoResult) -> None:
     console.print(
         f"\n[bold]sample[/] (prompt: [italic]{result.sample_prompt}[/])\n{result.sample_prompt}[cyan]{result.sample}[/]\n"
     )
-    console.print(artifact.lineage(result.model.path, max_sources=5))
+    console.print(artifact.lineage(result.chat_model.path, max_sources=5))
+    console.print(f"\n[bold]chat[/] with {result.chat_model.kind}/{result.chat_model.name} (greedy)")
+    for label, question, answer in result.exchange:
+        console.print(f"[dim]({label})[/]\n[bold]you>[/] {question}\n[bold]model>[/] [cyan]{answer}[/]")

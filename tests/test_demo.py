@@ -1,8 +1,10 @@
+import inspect
+import json
 import subprocess
 import sys
 
 from autarky import artifact
-from autarky.demo import export_python_docs
+from autarky.demo import export_python_docs, first_sentences, instruction_set
 from tests.conftest import cli_env, write_sources
 
 
@@ -19,6 +21,19 @@ def test_python_docs_export_is_deterministic_and_leaks_no_environment(tmp_path, 
         assert "hunter2" not in text and " at 0x" not in text
 
 
+def test_the_instruction_set_is_made_from_the_docs_alone(tmp_path):
+    docs = export_python_docs(tmp_path / "docs")
+    chats = instruction_set(docs)
+    assert chats == instruction_set(docs) and len(chats) > 1000
+    answers = {c["messages"][0]["content"]: c["messages"][1]["content"] for c in chats}
+    paragraph = inspect.getdoc(json.dumps).split("\n\n")[0]
+    assert answers["What does `json.dumps` do?"] == first_sentences(paragraph)
+    assert answers["Which module provides `Counter`?"] == "`Counter` is in the `collections` module."
+    assert "Which module provides `dumps`?" not in answers  # json, pickle and marshal all have one
+    assert answers["Tell me about assert."].startswith("Assert statements are a convenient way")
+    assert all([m["role"] for m in c["messages"]] == ["user", "assistant"] for c in chats)
+
+
 def _demo(workdir, source):
     args = [
         sys.executable,
@@ -31,6 +46,8 @@ def _demo(workdir, source):
         "0.5",
         "--max-steps",
         "12",
+        "--sft-minutes",
+        "0.5",
         "--vocab-size",
         "512",
     ]
@@ -42,12 +59,14 @@ def test_demo_runs_the_whole_pipeline_then_reuses_it(tmp_path):
     workdir = tmp_path / "work"
     first = _demo(workdir, source)
     assert first.returncode == 0, first.stderr[-3000:]
-    for expected in ("1 · curate", "4 · train", "what was made", "sample", "source files"):
+    for expected in ("1 · curate", "4 · train", "6 · chat data", "7 · sft", "what was made", "sample"):
         assert expected in first.stderr
+    assert "source files" in first.stderr and "model>" in first.stderr.split("chat with")[1]
     finished, unfinished = artifact.list_workspace(workdir)
-    assert sorted(a.kind for a in finished) == ["corpus", "model", "tokenizer", "tokens"] and not unfinished
-    model = next(a for a in finished if a.kind == "model")
-    assert artifact.verify(model.path)[1] == []
+    kinds = sorted(a.kind for a in finished)
+    assert kinds == ["chat", "corpus", "model", "model", "tokenizer", "tokens"] and not unfinished
+    chat_model = next(a for a in finished if a.kind == "model" and a.inputs("chat"))
+    assert artifact.verify(chat_model.path)[1] == []
     second = _demo(workdir, source)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing finished model" in second.stderr

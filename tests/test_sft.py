@@ -116,6 +116,24 @@ def test_user_and_system_tokens_carry_no_gradient(toy):
     assert scored.sum() < len(targets) / 2  # the system and user turns are most of this conversation
 
 
+LLAMA3_STYLE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n\n{{ m['content'] | trim }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n\n{% endif %}"
+)
+
+
+def test_the_mask_follows_the_models_own_jinja_template(toy, tmp_path):
+    for f in ("tokenizer.json", "special_tokens_map.json"):
+        (tmp_path / f).write_bytes((toy.base.path / f).read_bytes())
+    settings = json.loads((toy.base.path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, "chat_template": LLAMA3_STYLE}))
+    tok = Tokenizer.load(tmp_path)
+    ids, mine = assistant_mask(tok, CONVERSATION)
+    assert tok.decode(ids, skip_special=False).startswith("<|bos|><|system|>\n\nBe brief.<|end|><|user|>")
+    assistant_text = tok.decode([i for i, m in zip(ids, mine, strict=True) if m], skip_special=False)
+    assert assistant_text == "Fox 7 is red.<|end|>Owl 3 is gold.<|end|>"
+
+
 class TemplateThatRewritesEarlierTurns:
     """A chat template that, like Qwen3's, renders an earlier assistant turn differently from the last."""
 

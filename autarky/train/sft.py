@@ -231,21 +231,8 @@ def prepare(
     val_rows = load_rows(tokenizer, chat, "val", config.seq_len, None)
     if not (train_rows.targets != IGNORE).any():
         raise UserError(f"no assistant token of {chat.name} fits in --seq-len {config.seq_len}")
-    device = best_device()
-    torch.manual_seed(config.seed)  # the adapters' initial values
-    trainable: nn.Module = lm
-    total = lm.num_params()
-    if config.lora_rank:
-        trainable = add_lora(lm, config.lora_rank, config.lora_alpha)
-    lm.to(device).train()
-    betas = (config.beta1, config.beta2)
-    optimizer = (
-        torch.optim.AdamW(
-            trainable.parameters(), config.lr, betas, weight_decay=config.weight_decay, foreach=True
-        )
-        if config.lora_rank
-        else lm.configure_optimizer(config.lr, config.weight_decay, betas)
-    )
+    device, total = best_device(), lm.num_params()
+    trainable, optimizer = adapt(lm, config, device)
     progress = Progress()
     if resume and (run_dir / CHECKPOINT).exists():
         progress.step, progress.elapsed = load_checkpoint(run_dir / CHECKPOINT, trainable, optimizer, config)
@@ -273,6 +260,21 @@ def prepare(
         train_rows,
         val_rows,
     )
+
+
+def adapt(lm: Llama, config: SFTConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """What trains, on `device`, and its optimizer: the whole model, or adapters beside a frozen one."""
+    betas = (config.beta1, config.beta2)
+    if not config.lora_rank:
+        lm.to(device).train()
+        return lm, lm.configure_optimizer(config.lr, config.weight_decay, betas)
+    torch.manual_seed(config.seed)  # the adapters' initial values
+    adapters = add_lora(lm, config.lora_rank, config.lora_alpha)
+    lm.to(device).train()
+    optimizer = torch.optim.AdamW(
+        adapters.parameters(), config.lr, betas, weight_decay=config.weight_decay, foreach=True
+    )
+    return adapters, optimizer
 
 
 def check_fits(lm: Llama, tokenizer: Tokenizer, chat: Artifact, config: SFTConfig) -> None:
