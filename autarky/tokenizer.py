@@ -117,10 +117,12 @@ class Tokenizer:
         if isinstance(template, list):  # several named templates: transformers uses "default"
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         self.chat_template = ChatTemplate(template, hf) if template else None
-        stops = (generation or {}).get("eos_token_id")
+        generation = generation or {}
+        stops = generation.get("eos_token_id")
         self._generation_stops = set(
             stops if isinstance(stops, list) else [stops] if stops is not None else []
         )
+        self._generation_bos = generation.get("bos_token_id")
 
     @classmethod
     def load(cls, source: Path | str | Artifact) -> Tokenizer:
@@ -170,9 +172,11 @@ class Tokenizer:
 
     @property
     def bos_id(self) -> int:
-        """What starts a document: the bos token, or where a tokenizer has none (Qwen) the eos token
-        that separates documents in its pretraining."""
+        """What starts a document (and a prompt): the bos token; where the tokenizer names none (Qwen),
+        the model's generation_config's bos_token_id, else the eos token that separates documents."""
         bos = self._named("bos_token")
+        if bos is None and isinstance(self._generation_bos, int) and self._generation_bos < self.vocab_size:
+            bos = self._generation_bos
         return self.eos_id if bos is None else bos
 
     @property

@@ -24,7 +24,7 @@ from autarky.artifact import Artifact, Builder, default_name
 from autarky.console import UserError, console, progress
 from autarky.data.corpus import SPLITS, count_documents, iter_texts, text_bytes
 from autarky.machine import available_cores
-from autarky.tokenizer import BOS, Tokenizer
+from autarky.tokenizer import Tokenizer
 
 # A batch is this many documents or this much text, whichever comes first: enough work for every
 # thread of the encoder, while one batch of long documents still fits easily in memory.
@@ -73,7 +73,7 @@ def tokenize(
 
     tok = Tokenizer.load(tokenizer)
     dtype = dtype_for(tok.vocab_size)
-    config = {"dtype": dtype, "document_start": BOS}
+    config = {"dtype": dtype, "document_start": tok.hf.id_to_token(tok.bos_id)}
     name = name or default_name(
         f"{_stem(corpus.name)}-{_stem(tokenizer.name)}", "tokens", config, [corpus, tokenizer]
     )
