@@ -126,3 +126,16 @@ def test_weights_keep_their_dtype_and_are_not_copied(tmp_path):
     assert kept.lm_head.weight is kept.model.embed_tokens.weight
     assert torch.equal(kept.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
     assert load_pretrained(tmp_path).model.norm.weight.dtype == torch.float32
+
+
+def test_int8_serving_keeps_a_bias():
+    """Qwen2's q/k/v projections have biases; int8 weights must not drop them."""
+    from autarky.serve.precision import Int8Linear, int8pack_works
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32, bias=True)
+    with torch.no_grad():
+        linear.bias.add_(1.0)
+    x = torch.randn(3, 64)
+    for kernel in ["dequant"] + (["int8pack"] if int8pack_works() else []):
+        assert torch.allclose(Int8Linear(linear, kernel)(x), linear(x), atol=0.05)
