@@ -6,11 +6,13 @@ or an Ollama Modelfile saying `FROM ./model.gguf` needs nothing else. Tensors ar
 time from memory-mapped safetensors and written straight to the file: the export holds one tensor
 in memory, never the model.
 
-Two layouts differ between Hugging Face and GGML, and are converted here:
-- Rotary pairs. HF's Llama rotates the two halves of each head against each other (`rotate_half`);
-  llama.cpp's `llama` architecture rotates adjacent pairs. Permuting the rows of q_proj and k_proj
-  within each head (first half to even rows, second half to odd) gives the same dot products, which
-  is what llama.cpp's own converter does.
+Llama (and Mistral without a sliding window) becomes llama.cpp's `llama` architecture, Qwen2 (q/k/v
+biases) `qwen2` and Qwen3 (q/k RMSNorm per head) `qwen3`; anything they would compute differently
+is refused by name. Two layouts differ between Hugging Face and GGML, and are converted here:
+- Rotary pairs. HF rotates the two halves of each head against each other (`rotate_half`), and so
+  do llama.cpp's `qwen2` and `qwen3`; its `llama` rotates adjacent pairs. For `llama`, permuting the
+  rows of q_proj and k_proj within each head (first half to even rows, second half to odd) gives
+  the same dot products, which is what llama.cpp's own converter does.
 - Shapes. GGML lists dimensions innermost first; the gguf writer reverses numpy's order itself, so a
   (out, in) weight goes in as it is.
 
@@ -28,6 +30,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from autarky.artifact import Artifact, Builder, default_name
 from autarky.console import UserError, console
@@ -36,7 +39,6 @@ from autarky.options import setting
 FORMATS = ("gguf",)
 DTYPES = ("f32", "f16", "bf16", "q8_0")
 FILE = "model.gguf"
-FAMILIES = ("llama", "mistral")  # what llama.cpp's `llama` architecture computes exactly
 
 # The pre-tokenizer split regex of a byte-level BPE, and the name llama.cpp knows it by.
 PRE_TOKENIZERS = {
@@ -48,24 +50,47 @@ PRE_TOKENIZERS = {
     r"|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
 }
 
-# HF tensor name (within a layer, or whole) → gguf's MODEL_TENSOR member.
+# HF tensor name (within a layer, or whole) → (gguf's MODEL_TENSOR member, weight or bias).
 LAYER_TENSORS = {
-    "input_layernorm.weight": "ATTN_NORM",
-    "self_attn.q_proj.weight": "ATTN_Q",
-    "self_attn.k_proj.weight": "ATTN_K",
-    "self_attn.v_proj.weight": "ATTN_V",
-    "self_attn.o_proj.weight": "ATTN_OUT",
-    "post_attention_layernorm.weight": "FFN_NORM",
-    "mlp.gate_proj.weight": "FFN_GATE",
-    "mlp.up_proj.weight": "FFN_UP",
-    "mlp.down_proj.weight": "FFN_DOWN",
+    "input_layernorm.weight": ("ATTN_NORM", "weight"),
+    "self_attn.q_proj.weight": ("ATTN_Q", "weight"),
+    "self_attn.k_proj.weight": ("ATTN_K", "weight"),
+    "self_attn.v_proj.weight": ("ATTN_V", "weight"),
+    "self_attn.o_proj.weight": ("ATTN_OUT", "weight"),
+    "post_attention_layernorm.weight": ("FFN_NORM", "weight"),
+    "mlp.gate_proj.weight": ("FFN_GATE", "weight"),
+    "mlp.up_proj.weight": ("FFN_UP", "weight"),
+    "mlp.down_proj.weight": ("FFN_DOWN", "weight"),
+    "self_attn.q_proj.bias": ("ATTN_Q", "bias"),
+    "self_attn.k_proj.bias": ("ATTN_K", "bias"),
+    "self_attn.v_proj.bias": ("ATTN_V", "bias"),
+    "self_attn.q_norm.weight": ("ATTN_Q_NORM", "weight"),
+    "self_attn.k_norm.weight": ("ATTN_K_NORM", "weight"),
 }
+LLAMA_LAYER = tuple(LAYER_TENSORS)[:9]
 MODEL_TENSORS = {
-    "model.embed_tokens.weight": "TOKEN_EMBD",
-    "model.norm.weight": "OUTPUT_NORM",
-    "lm_head.weight": "OUTPUT",
+    "model.embed_tokens.weight": ("TOKEN_EMBD", "weight"),
+    "model.norm.weight": ("OUTPUT_NORM", "weight"),
+    "lm_head.weight": ("OUTPUT", "weight"),
 }
 LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
+
+
+@dataclass(frozen=True)
+class Family:
+    """How llama.cpp computes one HF model_type: its architecture, rotary layout and layer tensors."""
+
+    arch: str
+    rotary_pairs: bool  # llama.cpp's `llama` rotates adjacent pairs; qwen2 and qwen3 rotate halves, as HF
+    layer: tuple[str, ...] = LLAMA_LAYER
+
+
+FAMILIES = {
+    "llama": Family("llama", True),
+    "mistral": Family("llama", True),  # without a sliding window, Mistral is Llama
+    "qwen2": Family("qwen2", False, LLAMA_LAYER + tuple(LAYER_TENSORS)[9:12]),  # q/k/v biases
+    "qwen3": Family("qwen3", False, LLAMA_LAYER + tuple(LAYER_TENSORS)[12:]),  # q/k RMSNorm per head
+}
 
 
 @dataclass
@@ -111,8 +136,10 @@ class Shape:
             context=config.get("max_position_embeddings", 2048),
         )
 
-    def expected(self, kind: str) -> tuple[int, ...]:
+    def expected(self, kind: str, part: str = "weight") -> tuple[int, ...]:
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if part == "bias":
+            return self.expected(kind)[:1]
         return {
             "TOKEN_EMBD": (self.vocab, self.hidden),
             "OUTPUT": (self.vocab, self.hidden),
@@ -126,6 +153,8 @@ class Shape:
             "FFN_GATE": (self.ffn, self.hidden),
             "FFN_UP": (self.ffn, self.hidden),
             "FFN_DOWN": (self.hidden, self.ffn),
+            "ATTN_Q_NORM": (self.head_dim,),
+            "ATTN_K_NORM": (self.head_dim,),
         }[kind]
 
 
@@ -160,32 +189,36 @@ def write_gguf(directory: Path, path: Path, dtype: str, title: str | None = None
     import gguf
 
     directory = Path(directory)
-    config = read_architecture(directory)
+    config, family = read_architecture(directory)
     shape = Shape.of(config)
     sources = weight_files(directory)
-    plan = tensor_plan(sources, shape, config)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    plan = tensor_plan(sources, shape, config, family)
+    writer = gguf.GGUFWriter(str(path), family.arch)
     try:
         write_hyperparameters(writer, config, shape, dtype, title or directory.name)
         write_tokenizer(writer, directory, shape.vocab)
-        kinds = [plan_dtype(dtype, shape_) for _, _, shape_ in plan]
+        qtypes = [plan_dtype(dtype, t.shape) for t in plan]
         extra = rope_factors(config, shape)
-        for (gguf_name, _, tensor_shape), qtype in zip(plan, kinds, strict=True):
-            writer.add_tensor_info(gguf_name, *stored_form(tensor_shape, qtype))
+        for t, qtype in zip(plan, qtypes, strict=True):
+            writer.add_tensor_info(t.gguf_name, *stored_form(t.shape, qtype))
         if extra is not None:
             writer.add_tensor_info(_gguf_name("ROPE_FREQS", None), *stored_form(extra.shape))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for (gguf_name, hf_name, _), qtype in zip(plan, kinds, strict=True):
-            writer.write_tensor_data(encode(read_tensor(sources, hf_name, gguf_name, shape), qtype))
+        for t, qtype in zip(plan, qtypes, strict=True):
+            tensor = read_tensor(sources[t.hf_name], t.hf_name)
+            if family.rotary_pairs and t.kind in ("ATTN_Q", "ATTN_K"):
+                tensor = rotary_pairs(tensor, shape.heads if t.kind == "ATTN_Q" else shape.kv_heads)
+            writer.write_tensor_data(encode(tensor, qtype))
         if extra is not None:
             writer.write_tensor_data(extra)
     finally:
         writer.close()
     return {
+        "architecture": family.arch,
         "tensors": len(plan) + (extra is not None),
-        "parameters": sum(math.prod(s) for _, _, s in plan),
+        "parameters": sum(math.prod(t.shape) for t in plan),
         "bytes": Path(path).stat().st_size,
         "dtype": dtype,
         "gguf": _gguf_version(),
@@ -195,32 +228,38 @@ def write_gguf(directory: Path, path: Path, dtype: str, title: str | None = None
 # ---------------------------------------------------------------- what the model is
 
 
-def read_architecture(directory: Path) -> dict:
-    """config.json, refusing by name anything llama.cpp's `llama` would compute differently."""
+def read_architecture(directory: Path) -> tuple[dict, Family]:
+    """config.json and its family, refusing by name anything llama.cpp would compute differently."""
     path = Path(directory) / "config.json"
     try:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {path}: {e}") from e
-    family = config.get("model_type")
-    if family not in FAMILIES:
+    family = FAMILIES.get(config.get("model_type"))
+    if family is None:
         raise UserError(
-            f"GGUF export writes Llama-family models ({', '.join(FAMILIES)}); "
-            f"{directory} is model_type {family!r}"
+            f"GGUF export writes {', '.join(FAMILIES)} models; {directory} is model_type "
+            f"{config.get('model_type')!r}"
         )
     _, rope = rope_settings(config)
     window = config.get("sliding_window")
+    rope_types = ("default", "llama3") if family.arch == "llama" else ("default",)
     unsupported = {
-        "rope_scaling": rope.get("rope_type", "default") not in ("default", "llama3"),
+        "rope_scaling": rope.get("rope_type", "default") not in rope_types,
         "hidden_act": config.get("hidden_act", "silu") != "silu",
         "attention_bias": bool(config.get("attention_bias")),
         "mlp_bias": bool(config.get("mlp_bias")),
-        "sliding_window": window is not None and window < config.get("max_position_embeddings", 0),
+        "sliding_window": "sliding_attention" in (config.get("layer_types") or [])
+        or (
+            config.get("use_sliding_window", True)
+            and window is not None
+            and window < config.get("max_position_embeddings", 0)
+        ),
     }
     shown = {**config, "rope_scaling": rope}
     if refused := [f"{key}={shown.get(key)!r}" for key, bad in unsupported.items() if bad]:
         raise UserError(f"{directory} uses {', '.join(refused)}, which GGUF export does not write yet")
-    return config
+    return config, family
 
 
 def rope_settings(config: dict) -> tuple[float, dict]:
@@ -251,10 +290,15 @@ def weight_files(directory: Path) -> dict[str, Path]:
         return dict.fromkeys(f.keys(), single)
 
 
-def tensor_plan(
-    sources: dict[str, Path], shape: Shape, config: dict
-) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(GGUF name, HF name, shape) of every tensor to write, each checked against config.json."""
+class Planned(NamedTuple):
+    gguf_name: str
+    hf_name: str
+    shape: tuple[int, ...]
+    kind: str
+
+
+def tensor_plan(sources: dict[str, Path], shape: Shape, config: dict, family: Family) -> list[Planned]:
+    """Every tensor to write, in llama.cpp's order, each checked against config.json; none missing."""
     from safetensors import safe_open
 
     tied = config.get("tie_word_embeddings", False)
@@ -264,37 +308,41 @@ def tensor_plan(
         for hf_name in sorted(sources, key=_layer_order):
             if tied and hf_name == "lm_head.weight":
                 continue  # llama.cpp reuses token_embd when there is no output tensor
-            kind, bid = _kind_of(hf_name, shape.layers)
+            key, bid = _place_of(hf_name, shape.layers, family)
+            kind, part = {**MODEL_TENSORS, **LAYER_TENSORS}[key]
             found = tuple(files[sources[hf_name]].get_slice(hf_name).get_shape())
-            if found != shape.expected(kind):
+            if found != shape.expected(kind, part):
                 raise UserError(
                     f"tensor {hf_name} has shape {list(found)}, but config.json makes it "
-                    f"{list(shape.expected(kind))}"
+                    f"{list(shape.expected(kind, part))}"
                 )
-            plan.append((_gguf_name(kind, bid), hf_name, found))
-            seen.add((kind, bid))
-    needed = {(k, None) for k in ("TOKEN_EMBD", "OUTPUT_NORM")} | ({("OUTPUT", None)} if not tied else set())
-    needed |= {(k, i) for k in LAYER_TENSORS.values() for i in range(shape.layers)}
+            plan.append(Planned(_gguf_name(kind, bid, part), hf_name, found, kind))
+            seen.add((key, bid))
+    needed = {(k, None) for k in MODEL_TENSORS if k != "lm_head.weight" or not tied}
+    needed |= {(k, i) for k in family.layer for i in range(shape.layers)}
     if missing := sorted(needed - seen, key=str):
-        kind, bid = missing[0]
+        key, bid = missing[0]
         where = f"layer {bid}'s " if bid is not None else ""
-        raise UserError(f"the weights lack {where}{kind.lower()} tensor ({len(missing)} missing in all)")
+        raise UserError(f"the weights lack {where}{key} ({len(missing)} tensors missing in all)")
     return plan
 
 
-def _gguf_name(kind: str, bid: int | None) -> str:
+def _gguf_name(kind: str, bid: int | None, part: str = "weight") -> str:
     import gguf
 
-    return gguf.TENSOR_NAMES[getattr(gguf.MODEL_TENSOR, kind)].format(bid=bid) + ".weight"
+    return f"{gguf.TENSOR_NAMES[getattr(gguf.MODEL_TENSOR, kind)].format(bid=bid)}.{part}"
 
 
-def _kind_of(hf_name: str, layers: int) -> tuple[str, int | None]:
+def _place_of(hf_name: str, layers: int, family: Family) -> tuple[str, int | None]:
+    """(the name within a layer, the layer), or (the whole name, None) for the model's own tensors."""
     if hf_name in MODEL_TENSORS:
-        return MODEL_TENSORS[hf_name], None
+        return hf_name, None
     match = LAYER_NAME.fullmatch(hf_name)
-    if match and match.group(2) in LAYER_TENSORS and int(match.group(1)) < layers:
-        return LAYER_TENSORS[match.group(2)], int(match.group(1))
-    raise UserError(f"tensor {hf_name} has no place in a Llama GGUF file; refusing to drop it silently")
+    if match and match.group(2) in family.layer and int(match.group(1)) < layers:
+        return match.group(2), int(match.group(1))
+    raise UserError(
+        f"tensor {hf_name} has no place in a {family.arch} GGUF file; refusing to drop it silently"
+    )
 
 
 def _layer_order(hf_name: str) -> tuple:
@@ -309,7 +357,7 @@ def _layer_order(hf_name: str) -> tuple:
 
 
 def write_hyperparameters(writer, config: dict, shape: Shape, dtype: str, title: str) -> None:
-    """The `llama.*` keys llama.cpp reads, and what the file is."""
+    """The architecture's keys llama.cpp reads (`llama.*`, `qwen2.*`, …), and what the file is."""
     import gguf
 
     writer.add_name(title)
@@ -437,17 +485,12 @@ def stored_form(shape: tuple[int, ...], qtype=None) -> tuple:
     return byte_shape, np.dtype(np.uint8), math.prod(byte_shape), qtype
 
 
-def read_tensor(sources: dict[str, Path], hf_name: str, gguf_name: str, shape: Shape):
-    """One tensor from its memory-mapped file, with q and k rows in GGML's rotary order."""
+def read_tensor(path: Path, hf_name: str):
+    """One tensor from its memory-mapped safetensors file."""
     from safetensors import safe_open
 
-    with safe_open(str(sources[hf_name]), framework="pt") as f:
-        tensor = f.get_tensor(hf_name)
-    if gguf_name.endswith("attn_q.weight"):
-        return rotary_pairs(tensor, shape.heads)
-    if gguf_name.endswith("attn_k.weight"):
-        return rotary_pairs(tensor, shape.kv_heads)
-    return tensor
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(hf_name)
 
 
 def rotary_pairs(weight, heads: int):

@@ -213,42 +213,78 @@ def test_llama_cpp_continues_a_prompt_exactly_as_autarky_generate_does(trained, 
     assert tokens and tokenizer.decode(tokens).strip() and cosine > 0.99
 
 
-def test_llama_cpp_computes_a_llama_3_model_as_transformers_does(trained, tmp_path):
-    """Grouped-query attention, an untied head and Llama 3's rope scaling (llama.cpp's `rope_freqs`),
-    on a random model transformers builds from a config: the logits at every position agree."""
-    llama_cpp = pytest.importorskip(
-        "llama_cpp", reason="llama-cpp-python is not installed (make test installs it with the dev extra)"
-    )
-    from transformers import LlamaConfig, LlamaForCausalLM
+FAMILIES = {
+    # grouped-query attention, an untied head, Llama 3's rope scaling (llama.cpp's `rope_freqs`)
+    "llama": dict(
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ),
+    "qwen2": dict(num_key_value_heads=2, tie_word_embeddings=True),  # q/k/v biases
+    "qwen3": dict(num_key_value_heads=2, head_dim=48, tie_word_embeddings=True),  # q/k norms, wide heads
+}
 
-    vocab = Tokenizer.load(trained.path).vocab_size
-    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
-    config = LlamaConfig(
-        vocab_size=vocab,
+
+def hf_checkpoint(family: str, trained, directory):
+    """A random model of `family` that transformers builds from a config and saves, with our tokenizer."""
+    import transformers
+
+    name = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
+    config = getattr(transformers, f"{name}Config")(
+        vocab_size=Tokenizer.load(trained.path).vocab_size,
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
-        rope_theta=500000.0,
-        rope_scaling={**scaling, "original_max_position_embeddings": 32},
-        tie_word_embeddings=False,
+        **FAMILIES[family],
     )
     torch.manual_seed(0)
-    hf = LlamaForCausalLM(config).eval()
-    for p in hf.parameters():  # larger weights than the init, so that a layout error shows in the logits
+    model = getattr(transformers, f"{name}ForCausalLM")(config).eval()
+    for p in model.parameters():  # larger than the init, so that a layout error shows in the logits
         p.data.normal_(0, 0.2) if p.dim() > 1 else p.data.uniform_(0.5, 1.5)
-    hf.save_pretrained(tmp_path / "hf")
+    model.save_pretrained(directory)
     for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(trained.path / f, tmp_path / "hf" / f)
-    write_gguf(tmp_path / "hf", tmp_path / "llama3.gguf", "f32")
-    ids = torch.randint(0, vocab, (1, 48), generator=torch.Generator().manual_seed(1))
+        shutil.copy(trained.path / f, directory / f)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_is_written_under_its_llama_cpp_architecture(trained, tmp_path, family):
+    hf_checkpoint(family, trained, tmp_path / "hf")
+    summary = write_gguf(tmp_path / "hf", tmp_path / "m.gguf", "f16")
+    keys, tensors = fields(tmp_path / "m.gguf")
+    arch = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[family]
+    assert keys["general.architecture"] == summary["architecture"] == arch
+    assert keys[f"{arch}.attention.key_length"] == FAMILIES[family].get("head_dim", 32)
+    assert keys[f"{arch}.attention.head_count_kv"] == 2
+    extra = {
+        "llama": {"rope_freqs.weight", "output.weight"},
+        "qwen2": {"blk.0.attn_q.bias", "blk.0.attn_k.bias", "blk.0.attn_v.bias"},
+        "qwen3": {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"},
+    }[family]
+    assert extra <= set(tensors)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_llama_cpp_computes_each_family_as_transformers_does(trained, tmp_path, family):
+    """The logits at every position of a random model agree, so every layout and key is right."""
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (make test installs it with the dev extra)"
+    )
+    hf = hf_checkpoint(family, trained, tmp_path / "hf")
+    write_gguf(tmp_path / "hf", tmp_path / "m.gguf", "f32")
+    ids = torch.randint(0, hf.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = hf(ids).logits[0].numpy()
-    llm = llama_cpp.Llama(
-        str(tmp_path / "llama3.gguf"), n_ctx=64, logits_all=True, n_threads=2, verbose=False
-    )
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, n_threads=2, verbose=False)
     llm.eval(ids[0].tolist())
     assert np.abs(np.asarray(llm.scores[:48]) - want).max() <= 1e-3 * np.abs(want).max()
 
@@ -296,14 +332,15 @@ def test_a_missing_tensor_is_named(trained, tmp_path):
     weights = load_file(str(directory / "model.safetensors"))
     del weights["model.layers.1.self_attn.k_proj.weight"]
     save_file(weights, str(directory / "model.safetensors"))
-    with pytest.raises(UserError, match="layer 1's attn_k"):
+    with pytest.raises(UserError, match="layer 1's self_attn.k_proj.weight"):
         write_gguf(directory, tmp_path / "out.gguf", "f16")
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model_type": "qwen2"}, "model_type 'qwen2'"),
+        ({"model_type": "gemma2"}, "model_type 'gemma2'"),
+        ({"layer_types": ["full_attention", "sliding_attention"] * 2}, "sliding_window"),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"),
         ({"attention_bias": True}, "attention_bias"),
     ],
