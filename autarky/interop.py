@@ -73,13 +73,13 @@ def import_model(
     until the whole directory has been checked."""
     config = config or ImportConfig()
     config.validate()
-    checkpoint = inspect(Path(source))
+    checkpoint = check_directory(Path(source))
     tokenizer = _tokenizer_artifact(checkpoint, workdir, name, force)
     model = _model_artifact(checkpoint, tokenizer, workdir, config, name, force)
     return model, tokenizer
 
 
-def inspect(source: Path) -> Checkpoint:
+def check_directory(source: Path) -> Checkpoint:
     """Check a checkpoint directory without reading a weight; every problem is one sentence."""
     from autarky.model import check_checkpoint, read_config
     from autarky.tokenizer import Tokenizer

@@ -297,6 +297,7 @@ def test_the_cli_imports_and_the_model_serves_and_trains_with_its_own_tokenizer(
     assert "qwen2" in err and "licence apache-2.0" in err and "320 tokens" in err
     model = artifact.load(work / "model" / "qwen")
     tokenizer = artifact.load(work / "tokenizer" / "qwen")
+    assert artifact.verify(model.path)[1] == []  # the lineage checks, down to the source files
 
     tokens = tokenize(make_corpus(work, n_train=40, n_val=10), tokenizer, work)
     assert (
