@@ -281,3 +281,18 @@ def test_a_lora_rank_larger_than_the_layer_is_one_clear_error(toy):
     assert out.returncode == 2, out.stderr
     assert "--lora 65 is larger than the layer" in out.stderr and "Traceback" not in out.stderr
     assert not (toy.work / "model" / "wide").exists()
+
+
+def test_the_cli_fine_tunes_and_reports_the_held_out_loss(toy):
+    args = ["--seq-len", "64", "--batch-size", "4", "--max-steps", "3", "--eval-interval", "3", "--lora", "2"]
+    out = subprocess.run(
+        [sys.executable, "-m", "autarky.cli", "sft", "base", toy.chat.name, *args, "--name", "cli"],
+        env=cli_env(toy.work),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "held-out assistant loss" in out.stderr and "PEFT adapter in" in out.stderr
+    made = artifact.load(toy.work / "model" / "cli")
+    assert made.config["lora_rank"] == 2 and (made.path / "adapter" / "adapter_model.safetensors").is_file()

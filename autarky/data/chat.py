@@ -18,6 +18,7 @@ read as is), and `dropped/dropped-00000.parquet` with each dropped line's reason
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -93,9 +94,8 @@ def messages_of(record) -> tuple[list[dict], str] | str:
         if not isinstance(extra, str):
             return "bad_content"
         prompt = f"{record['instruction']}\n\n{extra}" if extra.strip() else record["instruction"]
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}], (
-            "instruction"
-        )
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+        return turns, "instruction"
     return "unknown_format"
 
 
@@ -126,12 +126,11 @@ def check_turns(messages: list) -> list[dict] | str:
 
 
 class Cleaner:
-    """Normalises and redacts every message as curate does a document, counting the redactions."""
+    """Normalises and redacts every message as curate does a document."""
 
     def __init__(self, config: ChatConfig):
         self.config = config
         self.normalize = Normalize() if config.normalize else None
-        self.redacted: Counter[str] = Counter()
 
     def text(self, text: str) -> tuple[str, dict[str, int]]:
         text = valid_unicode(text)
@@ -140,7 +139,6 @@ class Cleaner:
         counts: dict[str, int] = {}
         if self.config.pii:
             text, counts = redact(text)
-            self.redacted.update(counts)
         return text, counts
 
     def conversation(self, messages: list[dict]) -> tuple[list[dict], dict[str, int]] | str:
@@ -226,7 +224,7 @@ def curate_chat(
     force: bool = False,
 ) -> Artifact:
     """Curate JSON-lines conversations into a chat corpus artifact under `<workdir>/chat/<name>`."""
-    from autarky.data.curate import assign_splits, name_prefix
+    from autarky.data.curate import assign_splits
 
     config = config or ChatConfig()
     config.validate()
@@ -239,7 +237,7 @@ def curate_chat(
         )
     entries = [{"path": s.path, "sha256": s.sha256, "bytes": s.bytes} for s in found]
     recipe = asdict(config)
-    name = name or default_name(f"{name_prefix(sources)}-chat", "chat", recipe, [], entries)
+    name = name or default_name(_name_prefix(sources), "chat", recipe, [], entries)
     builder = Builder(Path(workdir), "chat", name, recipe, sources=entries)
     if (old := builder.existing(force)) is not None:
         console.print(
@@ -280,8 +278,19 @@ def curate_chat(
                 SCHEMA,
             )
         _write(builder.dir / "dropped" / "dropped-00000.parquet", dropped, DROPPED_SCHEMA)
-        builder.metrics = _metrics(kept, dropped, cleaner, errors, skipped)
+        builder.metrics = _metrics(kept, dropped, errors, skipped)
         return builder.finish()
+
+
+def _name_prefix(sources: list[Path]) -> str:
+    """A one-file corpus is named after the file, any other after curate's rule; `-chat` ends it."""
+    from autarky.data.curate import name_prefix
+
+    first = Path(sources[0])
+    prefix = name_prefix(sources)
+    if len(sources) == 1 and first.is_file():
+        prefix = re.sub(r"[^a-z0-9_-]+", "-", first.stem.lower()).strip("-") or prefix
+    return prefix if prefix.endswith("chat") else f"{prefix}-chat"
 
 
 def _is_jsonl(source: Source) -> bool:
@@ -310,9 +319,12 @@ def _write(path: Path, rows: list[dict], schema: pa.Schema) -> None:
     pq.write_table(table, path, compression="zstd", row_group_size=1024)
 
 
-def _metrics(kept: list[dict], dropped: list[dict], cleaner: Cleaner, errors: list, skipped: list) -> dict:
+def _metrics(kept: list[dict], dropped: list[dict], errors: list, skipped: list) -> dict:
     reasons = Counter(d["reason"] for d in dropped)
     splits = Counter(r["split"] for r in kept)
+    redacted = Counter()
+    for row in kept:
+        redacted.update(json.loads(row["meta"]).get("pii", {}))
     return {
         "conversations_in": len(kept) + len(dropped),
         "conversations_kept": len(kept),
@@ -323,7 +335,7 @@ def _metrics(kept: list[dict], dropped: list[dict], cleaner: Cleaner, errors: li
         "messages": sum(len(r["messages"]) for r in kept),
         "assistant_turns": sum(m["role"] == "assistant" for r in kept for m in r["messages"]),
         "chars": sum(len(m["content"]) for r in kept for m in r["messages"]),
-        "redacted": dict(sorted(cleaner.redacted.items())),
+        "redacted": dict(sorted(redacted.items())),  # in the conversations kept
         "errors": errors[:MAX_LISTED],
         "skipped": skipped[:MAX_LISTED],
     }

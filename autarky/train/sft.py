@@ -323,6 +323,14 @@ def _val_batches(rows: Rows, n: int, batch_size: int) -> Iterator[tuple[torch.Te
         yield x, targets, {"segment_ids": segments}
 
 
+def stored_dtype(directory: Path) -> torch.dtype:
+    """The dtype a checkpoint's weights are stored in: the fine-tuned model is stored alike, though
+    it trains in fp32."""
+    config = json.loads((directory / "config.json").read_text())
+    name = config.get("torch_dtype") or config.get("dtype")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
 def seal(
     builder: artifact.Builder, run: Run, model: Artifact, config: SFTConfig, progress: Progress
 ) -> Artifact:
@@ -333,7 +341,7 @@ def seal(
     if config.lora_rank:
         save_adapter(lm, directory / "adapter", config.lora_rank, config.lora_alpha, model.name)
         merge_lora(lm)
-    save_pretrained(lm, directory)
+    save_pretrained(lm.to(stored_dtype(model.path)), directory)
     for f in MODEL_FILES:
         if (model.path / f).is_file():
             shutil.copy2(model.path / f, directory / f)
