@@ -1,9 +1,13 @@
 """The model: a Llama-family decoder whose config.json and tensor names are exactly Hugging Face's.
 
 A model directory is at once an autarky artifact and a standard checkpoint that
-`transformers.AutoModelForCausalLM` loads. Modules are in data-flow order: RMSNorm, rotary
-embedding, attention, MLP, block, the backbone, and the causal LM on top. Attention can read and
-append to a `KVCache`, which generation and the serving engine share.
+`transformers.AutoModelForCausalLM` loads. One set of modules covers four families, which differ
+only in a few switches on `ModelConfig`: Llama 2/3 (grouped-query attention, Llama 3's rope
+scaling), Mistral, Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm, its own head_dim). A setting of a
+checkpoint that this model would compute differently (another rope type, a sliding window that
+matters, experts) is refused by name. Modules are in data-flow order: RMSNorm, rotary embedding,
+attention, MLP, block, the backbone, and the causal LM on top; loading and saving come last.
+Attention can read and append to a `KVCache`, which generation and the serving engine share.
 """
 
 from __future__ import annotations
