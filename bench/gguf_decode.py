@@ -73,7 +73,7 @@ def build(preset: str, text: str, directory: Path):
     torch.manual_seed(0)
     model = Llama(preset_config(preset, tok.vocab_size)).eval()
     with torch.no_grad():
-        for stop in (tok.eos_id, tok.end_id):
+        for stop in tok.stop_ids:
             model.model.embed_tokens.weight[stop] = 0
     save_pretrained(model, directory)
     tok.hf.save(str(directory / "tokenizer.json"))

@@ -166,7 +166,7 @@ def test_the_cli_hands_its_options_to_the_stage(monkeypatch, tmp_path):
 
 
 def greedy_llama_cpp(llm, prompt: list[int], n: int, end_ids: set[int]) -> tuple[list[int], np.ndarray]:
-    """Greedy decoding by llama.cpp itself, token by token; also the logits after the prompt."""
+    """Greedy decoding on llama.cpp's logits, token by token through its KV cache; also the first logits."""
     llm.reset()
     llm.eval(prompt)
     first = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
@@ -193,8 +193,10 @@ def test_llama_cpp_continues_a_prompt_exactly_as_autarky_generate_does(trained, 
         ours = model(torch.tensor([prompt]))[0][0, -1].numpy()
 
     context = model.config.max_position_embeddings
-    end_ids = {tokenizer.eos_id, tokenizer.end_id}
-    llm = llama_cpp.Llama(str(exports["f32"].path / "model.gguf"), n_ctx=context, n_threads=2, verbose=False)
+    end_ids = tokenizer.stop_ids
+    llm = llama_cpp.Llama(
+        str(exports["f32"].path / "model.gguf"), n_ctx=context, logits_all=True, n_threads=2, verbose=False
+    )
     for text in (PROMPT, "Мороз и солнце; день чудесный!\n\n  x = [1, 22, 333, 4444]"):
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text)
     theirs, first = greedy_llama_cpp(llm, prompt, 32, end_ids)
@@ -206,7 +208,7 @@ def test_llama_cpp_continues_a_prompt_exactly_as_autarky_generate_does(trained, 
     )
 
     small = llama_cpp.Llama(
-        str(exports["q8_0"].path / "model.gguf"), n_ctx=context, n_threads=2, verbose=False
+        str(exports["q8_0"].path / "model.gguf"), n_ctx=context, logits_all=True, n_threads=2, verbose=False
     )
     tokens, logits = greedy_llama_cpp(small, prompt, 16, end_ids)
     cosine = float(logits @ ours / (np.linalg.norm(logits) * np.linalg.norm(ours)))
@@ -315,6 +317,28 @@ def test_a_model_without_a_tokenizer_is_refused_and_nothing_is_left(pipeline, tr
     )
     assert out.returncode != 0 and "no tokenizer.json" in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def shard(directory) -> None:
+    """Split model.safetensors in two with an index, as transformers saves a large model."""
+    weights = load_file(str(directory / "model.safetensors"))
+    names = sorted(weights)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in halves.items():
+        save_file({n: weights[n] for n in part}, str(directory / file))
+    weight_map = {n: file for file, part in halves.items() for n in part}
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (directory / "model.safetensors").unlink()
+
+
+def test_a_sharded_checkpoint_exports_as_the_single_file_does(trained, exports, tmp_path):
+    directory = model_dir_copy(trained, tmp_path)
+    shard(directory)
+    write_gguf(directory, tmp_path / "sharded.gguf", "q8_0", title=trained.name)
+    assert (tmp_path / "sharded.gguf").read_bytes() == (exports["q8_0"].path / "model.gguf").read_bytes()
+    (directory / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(UserError, match="model-00002-of-00002.safetensors"):
+        write_gguf(directory, tmp_path / "broken.gguf", "q8_0")
 
 
 def test_a_tensor_of_the_wrong_shape_is_refused_before_any_file_is_written(trained, tmp_path):
