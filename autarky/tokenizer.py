@@ -23,6 +23,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
@@ -246,7 +247,7 @@ class Tokenizer:
         """
         if self.chat_template is None:
             raise UserError("the tokenizer has no chat template (tokenizer_config.json names none)")
-        return self.chat_template.encode(messages, add_generation_prompt, self.special_tokens, self.hf)
+        return self.chat_template.encode(messages, add_generation_prompt, self.special_tokens)
 
 
 def _token_text(value) -> str:
@@ -285,14 +286,20 @@ class ChatTemplate:
         from jinja2 import TemplateError
 
         self.source = source
-        self._markup = HFTokenizer.from_str(hf.to_str())  # the same tokenizer, control tokens recognised
-        self._markup.encode_special_tokens = False
+        self._hf = hf
         controls = sorted((t.content for t in hf.get_added_tokens_decoder().values()), key=len, reverse=True)
         self._controls = re.compile("|".join(map(re.escape, controls))) if controls else None
         try:
             self._template = _jinja_environment().from_string(source)
         except TemplateError as e:
             raise UserError(f"the chat template does not compile: {e}") from e
+
+    @cached_property
+    def _markup(self) -> HFTokenizer:
+        """The same tokenizer with control tokens recognised (made on first use: a copy of a large vocabulary)."""
+        markup = HFTokenizer.from_str(self._hf.to_str())
+        markup.encode_special_tokens = False
+        return markup
 
     def render(self, messages: list[dict], add_generation_prompt: bool, special_tokens: dict) -> str:
         from jinja2 import TemplateError
@@ -310,16 +317,14 @@ class ChatTemplate:
         except TemplateError as e:
             raise UserError(f"the chat template refused the conversation: {e}") from e
 
-    def encode(
-        self, messages: list[dict], add_generation_prompt: bool, special_tokens: dict, text: HFTokenizer
-    ):
-        """Render and encode; pieces marked as message text are encoded by `text`, which reads no control tokens."""
-        text_ids = lambda piece: text.encode(piece, add_special_tokens=False).ids  # noqa: E731
+    def encode(self, messages: list[dict], add_generation_prompt: bool, special_tokens: dict) -> list[int]:
+        """Render and encode: the template's text with control tokens recognised, a message's marked
+        control-token text by the tokenizer itself, which reads none."""
         rendered = self.render(self._mark(messages), add_generation_prompt, special_tokens)
         ids: list[int] = []
         for i, piece in enumerate(re.split(f"{MARK_START}(.*?){MARK_END}", rendered, flags=re.DOTALL)):
             if i % 2:
-                ids += text_ids(piece)
+                ids += self._hf.encode(piece, add_special_tokens=False).ids
             elif piece := piece.replace(MARK_START, "").replace(MARK_END, ""):  # a marker the template split
                 ids += self._markup.encode(piece, add_special_tokens=False).ids
         return ids
