@@ -74,6 +74,10 @@ def import_model(
     config = config or ImportConfig()
     config.validate()
     checkpoint = check_directory(Path(source))
+    if checkpoint.pickled:
+        console.print(
+            f"not reading {', '.join(checkpoint.pickled)}: pickles are never loaded, the safetensors are"
+        )
     tokenizer = _tokenizer_artifact(checkpoint, workdir, name, force)
     model = _model_artifact(checkpoint, tokenizer, workdir, config, name, force)
     return model, tokenizer
@@ -130,9 +134,8 @@ def licence(source: Path) -> dict:
                 found["declared" if key == "license" else "name"] = m.group(1).strip("'\"")
     for name in LICENCE_FILES:
         if (source / name).is_file():
-            first = next(
-                (line.strip() for line in (source / name).open(errors="replace") if line.strip()), ""
-            )
+            lines = (source / name).read_text(errors="replace").splitlines()
+            first = next((line.strip() for line in lines if line.strip()), "")
             found.update(file=name, sha256=sha256_file(source / name), title=first[:120])
             break
     return found
