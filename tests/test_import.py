@@ -85,6 +85,7 @@ def save_tokenizer(directory: Path, style: str) -> None:
 
 FAMILIES = {  # name: (transformers config class, settings, tokenizer style, sharded, dtype)
     "llama2": ("LlamaConfig", dict(tie_word_embeddings=False), "llama3", False, torch.float32),
+    "llama2-fp16": ("LlamaConfig", dict(tie_word_embeddings=False), "llama3", False, torch.float16),
     "llama3": (
         "LlamaConfig",
         dict(
@@ -165,7 +166,9 @@ def test_imported_models_compute_what_transformers_computes(family, tmp_path, wo
     assert model.config["origin"] == "imported" == tokenizer.config["origin"]
     assert model.config["license"]["declared"] == "apache-2.0"
     assert model.config["license"]["title"] == "Apache License"
-    assert model.metrics["dtype"] == [{torch.float32: "F32", torch.bfloat16: "BF16"}[dtype]]
+    assert model.metrics["dtype"] == [
+        {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}[dtype]
+    ]
     assert model.manifest["inputs"][0]["id"] == tokenizer.id
 
     ours = load_pretrained(model.path, dtype=None)
