@@ -176,12 +176,16 @@ def export(
         return done
     with builder:
         started = time.perf_counter()
-        summary = write_gguf(model.path, builder.dir / FILE, config.dtype, title=model.name)
+        summary = write_gguf(
+            model.path, builder.dir / FILE, config.dtype, title=model.name, licence=declared_licence(model)
+        )
         builder.metrics = {**summary, "seconds": round(time.perf_counter() - started, 2)}
         return builder.finish()
 
 
-def write_gguf(directory: Path, path: Path, dtype: str, title: str | None = None) -> dict:
+def write_gguf(
+    directory: Path, path: Path, dtype: str, title: str | None = None, licence: str | None = None
+) -> dict:
     """Write the model in `directory` (config.json, safetensors, tokenizer.json) to `path` as GGUF.
 
     Returns what was written: tensors, parameters, bytes, and the gguf package's version.
@@ -196,6 +200,8 @@ def write_gguf(directory: Path, path: Path, dtype: str, title: str | None = None
     writer = gguf.GGUFWriter(str(path), family.arch)
     try:
         write_hyperparameters(writer, config, shape, dtype, title or directory.name)
+        if licence:
+            writer.add_license(licence)
         write_tokenizer(writer, directory, shape.vocab)
         qtypes = [plan_dtype(dtype, t.shape) for t in plan]
         extra = rope_factors(config, shape)
@@ -228,6 +234,14 @@ def write_gguf(directory: Path, path: Path, dtype: str, title: str | None = None
 # ---------------------------------------------------------------- what the model is
 
 
+def declared_licence(model: Artifact) -> str | None:
+    """The licence an imported ancestor declared (`import` records it), for the file's `general.license`."""
+    licence = model.config.get("license")
+    if isinstance(licence, dict) and licence.get("declared"):
+        return str(licence["declared"])
+    return next(filter(None, (declared_licence(m) for m in model.inputs("model"))), None)
+
+
 def read_architecture(directory: Path) -> tuple[dict, Family]:
     """config.json and its family, refusing by name anything llama.cpp would compute differently."""
     path = Path(directory) / "config.json"
@@ -235,6 +249,9 @@ def read_architecture(directory: Path) -> tuple[dict, Family]:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {path}: {e}") from e
+    needed = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    if lacking := [key for key in needed if not isinstance(config.get(key), int)]:
+        raise UserError(f"{path} lacks {', '.join(lacking)}; it is not a complete model config")
     family = FAMILIES.get(config.get("model_type"))
     if family is None:
         raise UserError(

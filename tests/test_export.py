@@ -162,6 +162,21 @@ def test_the_cli_hands_its_options_to_the_stage(monkeypatch, tmp_path):
     assert seen == {"model": "the model", "config": ExportConfig(format="gguf", dtype="bf16")}
 
 
+def test_the_licence_an_imported_ancestor_declared_is_the_files_licence(pipeline, trained, exports):
+    def model_artifact(name, config, inputs):
+        with artifact.Builder(pipeline.workdir, "model", name, config, inputs) as builder:
+            for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(trained.path / f, builder.dir / f)
+            return builder.finish()
+
+    imported = model_artifact("imported", {"license": {"declared": "apache-2.0"}}, [])
+    tuned = model_artifact("tuned", {"lr": 1e-4}, [imported])
+    made = export(tuned, pipeline.workdir, ExportConfig(dtype="q8_0"))
+    keys, _ = fields(made.path / "model.gguf")
+    assert keys["general.license"] == "apache-2.0"
+    assert "general.license" not in fields(exports["q8_0"].path / "model.gguf")[0]  # none declared
+
+
 # ---------------------------------------------------------------- llama.cpp
 
 
@@ -367,6 +382,7 @@ def test_a_missing_tensor_is_named(trained, tmp_path):
         ({"layer_types": ["full_attention", "sliding_attention"] * 2}, "sliding_window"),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"),
         ({"attention_bias": True}, "attention_bias"),
+        ({"vocab_size": None}, "lacks vocab_size"),
     ],
 )
 def test_an_architecture_llama_cpp_would_compute_differently_is_refused(trained, tmp_path, change, message):
