@@ -200,9 +200,9 @@ def gather(model: Artifact, workdir: Path) -> Lineage:
         _, problems = artifact.verify(a.path, checked)
         if problems:
             raise UserError(
-                f"{a.kind}/{a.name} does not match its manifests ({problems[0]}"
+                f"the lineage of model/{model.name} does not verify ({problems[0]}"
                 + (f", and {len(problems) - 1} more" if len(problems) > 1 else "")
-                + "); a card describes a lineage that verifies: `autarky verify` names every mismatch"
+                + "), and a card records the lineage as its manifests say it is; `autarky verify` names every mismatch"
             )
     upstream = walk([model])
     known = {a.path for a in upstream}

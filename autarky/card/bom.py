@@ -126,7 +126,7 @@ def corpus_component(corpus: Artifact, config: CardConfig) -> dict:
         "data": [data],
         "components": files(corpus),
         "pedigree": {"ancestors": ancestors, "notes": "the source files the corpus was curated from"},
-        "properties": identity(corpus) + props(config=corpus.config),
+        "properties": identity(corpus),
     }
     if names := sorted(set(tags_of(corpus, "license").values())):
         component["licenses"] = licenses(names)
@@ -143,7 +143,7 @@ def artifact_component(a: Artifact) -> dict:
         "version": f.short(a.id),
         "description": f"{a.kind} made by `autarky {f.stage_of(a)}`",
         "components": files(a),
-        "properties": identity(a) + props(config=a.config),
+        "properties": identity(a),
     }
     if a.kind != "model":
         component["data"] = [{"type": data_type, "name": a.name}]
