@@ -211,12 +211,16 @@ class Tokenizer:
         return StreamDecoder(self, skip_special)
 
     def token_bytes(self, token_id: int, skip_special: bool = True) -> bytes:
-        """The exact bytes one token stands for (a special token: its text, or nothing when skipped)."""
+        """The exact bytes one token stands for (a special token: its text, or nothing when skipped).
+
+        An id past the vocabulary stands for nothing: models often have more embedding rows than
+        their tokenizer has tokens (Qwen pads 151,665 to 151,936), and a model can pick one.
+        """
         if self._byte_table is None:
             self._byte_table = self._build_byte_table()
         if token_id in self._special_ids:
             return b"" if skip_special else self.hf.id_to_token(token_id).encode()
-        return self._byte_table[token_id]
+        return self._byte_table[token_id] if 0 <= token_id < len(self._byte_table) else b""
 
     def _build_byte_table(self) -> list[bytes]:
         """Bytes per id: byte-level BPE (GPT-2, Llama 3, Qwen) maps characters back to bytes;

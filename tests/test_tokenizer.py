@@ -289,3 +289,10 @@ def test_sentencepiece_style_tokenizers_stream_whole_characters(tmp_path):
     assert (tok.bos_id, tok.stop_ids) == (1, {2})
     with pytest.raises(UserError, match="no chat template"):
         tok.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_an_id_past_the_vocabulary_stands_for_no_text(tok):
+    """A model may have more embedding rows than its tokenizer has tokens (Qwen does) and pick one."""
+    assert tok.token_bytes(tok.vocab_size + 5) == b""
+    stream = tok.decode_stream()
+    assert stream.step(tok.vocab_size + 5) == "" and stream.step(tok.encode("a")[0]) == "a"
