@@ -134,7 +134,9 @@ def test_eval_results_become_the_cards_and_the_boms_metrics(workspace):
             "bpb": {
                 "ruslit": {"split": "val", "overall": {"bpb": 2.5}, "by_language": {"ru": {"bpb": 2.75}}}
             },
-            "tasks": {"next-sentence-ru": {"n": 40, "metrics": {"acc": 0.625, "acc_stderr": 0.05}}},
+            "tasks": {
+                "next-sentence-ru": {"n": 40, "metrics": {"acc": 0.625, "acc_stderr": 0.05, "chance": 0.25}}
+            },
         },
     )
     fake_eval(workspace, model, "plain", {"tasks": {"cloze-en": {"acc_norm": 0.375}}, "bpb": {"val": 3.25}})
@@ -153,7 +155,8 @@ def test_eval_results_become_the_cards_and_the_boms_metrics(workspace):
     }
     assert {("next-sentence-ru", "acc", 0.625), ("ruslit val, ru", "bits_per_byte", 2.75)} <= found
     assert {("cloze-en", "acc_norm", 0.375), ("val", "bits_per_byte", 3.25)} <= found
-    assert "0.625 ± 0.05" in readme and "No eval artifact" not in readme
+    assert "0.625 ± 0.05 (chance 0.25)" in readme and "No eval artifact" not in readme
+    assert "chance" not in {m for _, m, _ in found}  # a reference, not a score of the model
 
     bom = bom_of(made)
     metrics = bom["metadata"]["component"]["modelCard"]["quantitativeAnalysis"]["performanceMetrics"]

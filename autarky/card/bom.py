@@ -135,7 +135,7 @@ def corpus_component(corpus: Artifact, config: CardConfig) -> dict:
 
 def artifact_component(a: Artifact) -> dict:
     """A tokenizer, token arrays, an eval, a base model or any other artifact: its files and identity."""
-    data_type = {"tokenizer": "definition", "tokens": "dataset"}.get(a.kind, "other")
+    data_type = {"tokenizer": "definition", "tokens": "dataset", "tasks": "dataset"}.get(a.kind, "other")
     component = {
         "type": "machine-learning-model" if a.kind == "model" else "data",
         "bom-ref": ref(a),

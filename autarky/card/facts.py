@@ -50,6 +50,7 @@ class Metric:
     slice: str  # what it was measured on
     source: str  # the artifact that measured it
     stderr: float | None = None
+    chance: float | None = None  # a multiple-choice task's score by guessing
 
 
 def _leaves(tree, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], float]]:
@@ -62,13 +63,18 @@ def _leaves(tree, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...],
             yield from _leaves(value, (*path, str(key)))
 
 
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _task_metrics(task: str, entry: dict, source: str) -> Iterator[Metric]:
-    """{metric: value} (with `<metric>_stderr` beside it), under `metrics` or bare."""
+    """{metric: value} (with `<metric>_stderr` and the task's `chance` beside them), under `metrics` or bare."""
     values = entry.get("metrics", entry) if isinstance(entry, dict) else {}
-    for path, value in _leaves({k: v for k, v in values.items() if not str(k).endswith("_stderr")}):
-        stderr = values.get(f"{path[0]}_stderr") if len(path) == 1 else None
-        stderr = float(stderr) if isinstance(stderr, int | float) and not isinstance(stderr, bool) else None
-        yield Metric(".".join(path), value, task, source, stderr)
+    chance = _number(values.get("chance"))
+    own = {k: v for k, v in values.items() if not str(k).endswith("_stderr") and k != "chance"}
+    for path, value in _leaves(own):
+        stderr = _number(values.get(f"{path[0]}_stderr")) if len(path) == 1 else None
+        yield Metric(".".join(path), value, task, source, stderr, chance)
 
 
 def _bpb_metrics(corpus: str, entry, source: str) -> Iterator[Metric]:

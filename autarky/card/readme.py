@@ -194,7 +194,14 @@ def training_procedure(lineage: Lineage) -> list[str]:
 def evaluation(lineage: Lineage) -> list[str]:
     lines = ["## Evaluation", ""]
     rows = [
-        (m.name, f"{m.value:.4g}" + (f" ± {m.stderr:.2g}" if m.stderr is not None else ""), m.slice, m.source)
+        (
+            m.name,
+            f"{m.value:.4g}"
+            + (f" ± {m.stderr:.2g}" if m.stderr is not None else "")
+            + (f" (chance {m.chance:.3g})" if m.chance is not None else ""),
+            m.slice,
+            m.source,
+        )
         for m in f.metrics(lineage)
     ]
     if rows:
