@@ -15,6 +15,8 @@ STAGES = {
     "tokens": "tokenize",
     "model": "train",
     "eval": "eval",
+    "chat": "curate-chat",
+    "tasks": "eval",  # the built-in suite, made by `eval --corpus`
 }
 
 
