@@ -352,7 +352,8 @@ def test_a_model_that_ends_by_itself_stops_with_the_right_usage(model_dir, tmp_p
         assert finals == ["stop"] and chunks[-1].usage.completion_tokens == lengths[0]
         legacy = client.completions.create(model="model", prompt="x", max_tokens=64, seed=7, logprobs=0)
         assert legacy.choices[0].finish_reason == "stop"
-        assert legacy.usage.completion_tokens == len(legacy.choices[0].logprobs.tokens) < 64
+        tokens = legacy.choices[0].logprobs.tokens  # the end token is listed last, but not counted
+        assert legacy.usage.completion_tokens == len(tokens) - 1 < 64 and tokens[-1] == "<|end|>"
     settings.audit.close()
 
 
@@ -579,15 +580,24 @@ def test_tokenizing_a_prompt_leaves_the_event_loop_free(server, monkeypatch):
     Tokenizing is made to wait here; /health must answer meanwhile, for every endpoint that tokenizes.
     """
     tokenizer = server.engine.tokenizer
-    encode, entered, release = tokenizer.encode, threading.Event(), threading.Event()
+    encode, template = tokenizer.encode, tokenizer.apply_chat_template
+    entered, release = threading.Event(), threading.Event()
 
-    def slow_encode(text: str) -> list[int]:
+    def slow(text: str) -> None:
         if "SLOW" in text:
             entered.set()
             release.wait(10)
+
+    def slow_encode(text: str) -> list[int]:
+        slow(text)
         return encode(text)
 
+    def slow_template(messages: list[dict], *args) -> list[int]:  # chat is encoded from the template
+        slow(" ".join(m["content"] for m in messages))
+        return template(messages, *args)
+
     monkeypatch.setattr(tokenizer, "encode", slow_encode)
+    monkeypatch.setattr(tokenizer, "apply_chat_template", slow_template)
     chat_body = {"model": "tiny", "messages": [{"role": "user", "content": "SLOW"}], "max_tokens": 1}
     for path, body in [
         ("/v1/chat/completions", chat_body),

@@ -48,28 +48,44 @@ class ChatAnswer:
 class CompletionAnswer:
     id_prefix, object, chunk_object = "cmpl", "text_completion", "text_completion"
 
-    def __init__(self, echoes: list[str], logprobs: bool):
-        """`echoes[i]`: the prompt text choice i starts with ("" unless echo is on)."""
-        self.echoes, self.logprobs = echoes, logprobs
+    def __init__(self, echoes: list[str], logprobs: bool, echo_offsets: list[list[int]] | None = None):
+        """`echoes[i]`: the prompt text choice i starts with ("" unless echo is on); `echo_offsets[i]`:
+        where each of its prompt tokens starts in that text, when the prompt is scored (echo and
+        logprobs): its logprobs then come first, the prompt's tokens, then the generated ones."""
+        self.echoes, self.logprobs, self.echo_offsets = echoes, logprobs, echo_offsets
         self.offsets = [len(e) for e in echoes]  # where a streamed choice's next text starts
 
     def choice(self, i: int, result: dict) -> dict:
+        logprobs = None
+        if self.logprobs:
+            logprobs = legacy_logprobs(result["logprobs"], len(self.echoes[i]))
+            if self.echo_offsets is not None:
+                scored = legacy_logprobs(result["prompt_logprobs"], offsets=self.echo_offsets[i])
+                logprobs = {key: scored[key] + logprobs[key] for key in scored}
         return {
             "index": i,
             "text": self.echoes[i] + result["text"],
             "finish_reason": result["finish_reason"],
-            "logprobs": legacy_logprobs(result["logprobs"]) if self.logprobs else None,
+            "logprobs": logprobs,
         }
 
     def opening(self) -> list[dict]:
+        if self.echo_offsets is not None:
+            return []  # a scored prompt's text goes out with its logprobs, in the choice's first event
         return [self._piece(i, echo) for i, echo in enumerate(self.echoes) if echo]
 
     def deltas(self, i: int, event: Event) -> list[dict]:
-        if not (event.text or event.logprobs or event.finish_reason):
+        if not (event.text or event.logprobs or event.prompt_logprobs or event.finish_reason):
             return []
-        lp = legacy_logprobs(event.logprobs, self.offsets[i]) if self.logprobs else None
+        text, lp = event.text, None
+        if self.logprobs:
+            lp = legacy_logprobs(event.logprobs, self.offsets[i])
+            if event.prompt_logprobs and self.echo_offsets is not None:
+                scored = legacy_logprobs(event.prompt_logprobs, offsets=self.echo_offsets[i])
+                lp = {key: scored[key] + lp[key] for key in scored}
+                text = self.echoes[i] + text
         self.offsets[i] += len(event.text)
-        return [self._piece(i, event.text, finish=event.finish_reason, logprobs=lp)]
+        return [self._piece(i, text, finish=event.finish_reason, logprobs=lp)]
 
     @staticmethod
     def _piece(i: int, text: str, finish=None, logprobs=None) -> dict:
@@ -154,15 +170,21 @@ def chat_logprobs(entries: list[TokenLogprob]) -> list[dict]:
     ]
 
 
-def legacy_logprobs(entries: list[TokenLogprob], offset: int = 0) -> dict:
-    """Legacy completions' logprobs; `offset` is where the first entry's text starts in the choice."""
-    offsets = []
-    for e in entries:
-        offsets.append(offset)
-        offset += len(e.text)
+def legacy_logprobs(entries: list[TokenLogprob], offset: int = 0, offsets: list[int] | None = None) -> dict:
+    """Legacy completions' logprobs; `offset` is where the first entry's text starts in the choice,
+    or `offsets` where each does (a prompt's, whose special tokens the echoed text leaves out)."""
+    if offsets is None:
+        offsets = []
+        for e in entries:
+            offsets.append(offset)
+            offset += len(e.text)
     return {
         "tokens": [e.text for e in entries],
         "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{t: lp for _, t, _, lp in e.top} for e in entries],
+        # A prompt's first token has no logprob, and so no alternatives: null, as OpenAI's echo gives.
+        # Tokens that show as the same text (halves of characters) share a key: the likeliest's value.
+        "top_logprobs": [
+            None if e.logprob is None else {t: lp for _, t, _, lp in reversed(e.top)} for e in entries
+        ],
         "text_offset": offsets,
     }

@@ -16,6 +16,12 @@ thread-safe queue, and receive `Event`s through the callback they pass (the app 
 request that cannot be set up, or whose numbers go wrong (NaN logits), fails alone and at once; a
 step that fails fails what is in flight; and `alive` tells the app if the thread has stopped all
 the same.
+
+A request that scores its prompt (`prompt_logprobs`, for `echo` with `logprobs`) is prefilled the
+same way, but each chunk keeps the logits of every position, not only the last: position i's
+distribution gives prompt token i+1 its log-probability, exactly as one forward pass over the
+prompt would (the first token has none). A request that does not generate (`max_tokens: 0`)
+finishes when its prompt is in and never takes a running row.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ class TokenLogprob:
     token_id: int
     text: str  # the token's bytes as text (a partial UTF-8 character shows as U+FFFD)
     bytes: list[int]
-    logprob: float
+    logprob: float | None  # None for a prompt's first token: nothing comes before it
     top: list[tuple[int, str, list[int], float]]  # (id, text, bytes, logprob), most likely first
 
 
@@ -54,6 +60,7 @@ class Event:
 
     text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # in the request's first event
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -68,6 +75,9 @@ class Request:
     params: SamplingParams
     emit: Callable[[Event], None]
     logprobs: int | None = None  # None: off; k: the chosen token's logprob and the k most likely
+    prompt_logprobs: int | None = None  # None: off; k: every prompt token's logprob and the k most likely
+    generate: bool = True  # False: only score the prompt (max_tokens 0)
+    end_logprob: bool = False  # list the end token that stops the sequence too (legacy completions)
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -99,7 +109,13 @@ class Sequence:
         self.prefilled = 0
         self.next_token = -1
         self.pending: list[TokenLogprob] = []
+        self.scored: list[TokenLogprob] = []  # the prompt's logprobs, until they are sent
         self.finish_reason: str | None = None
+
+    @property
+    def needs_row(self) -> bool:
+        """Whether it will decode after its prompt: one token or none is sampled from the prefill."""
+        return self.request.generate and self.request.params.max_tokens > 1
 
     @property
     def cancelled(self) -> bool:
@@ -247,7 +263,8 @@ class Engine:
     def _next_prefill(self) -> Sequence | Pooling | None:
         """What to prefill next: the one under way, else the first waiting if it has room to go."""
         if self.prefilling is None and self.waiting:
-            if isinstance(self.waiting[0], Pooling) or len(self.running) < self.slots:
+            first = self.waiting[0]
+            if isinstance(first, Pooling) or not first.needs_row or len(self.running) < self.slots:
                 self.prefilling = self.waiting.popleft()
                 self.prefill_cache.reset(0)
         return self.prefilling
@@ -284,13 +301,19 @@ class Engine:
         return len(chunk)
 
     def _prefill_chunk(self, seq: Sequence, chunk: list[int]) -> None:
+        scoring = seq.request.prompt_logprobs is not None
         logits, _ = self.model(
-            torch.tensor([chunk], device=self.device), cache=self.prefill_cache, last_only=True
+            torch.tensor([chunk], device=self.device), cache=self.prefill_cache, last_only=not scoring
         )
+        if scoring:
+            self._score(seq, logits[0])
         seq.prefilled += len(chunk)
         if seq.prefilled == len(seq.prompt):
             self.prefilling = None
             self.on_tokens(len(seq.prompt), 0)
+            if not seq.request.generate:
+                self._finish(seq, "length")
+                return
             self._accept(seq, logits[0, -1])
             if seq.finish_reason is None:
                 self._copy_prefill_to(len(self.running))
@@ -344,18 +367,19 @@ class Engine:
         token = int(sample(logits, params, seq.generator))
         if seq.request.first_token_at is None:
             seq.request.first_token_at = time.perf_counter()
-        if seq.policy.accept(token):
+        accepted = seq.policy.accept(token)
+        if accepted:
             self.on_tokens(0, 1)
             seq.request.generated = len(seq.policy.token_ids)
             seq.next_token = token
             seq.counts[token] += 1
-            if seq.request.logprobs is not None:
-                seq.pending.append(self._logprob(logits[0], token, seq.request.logprobs))
+        if seq.request.logprobs is not None and (accepted or seq.request.end_logprob):
+            seq.pending.append(self._logprob(logits[0], token, seq.request.logprobs))
         if seq.policy.finish_reason is not None:
             self._finish(seq, seq.policy.finish_reason)
-        elif (text := seq.policy.take()) or seq.pending:
-            event = Event(text=text, logprobs=seq.pending)
-            seq.pending = []
+        elif (text := seq.policy.take()) or seq.pending or seq.scored:
+            event = Event(text=text, logprobs=seq.pending, prompt_logprobs=seq.scored)
+            seq.pending, seq.scored = [], []
             self._emit(seq, event)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
@@ -363,11 +387,12 @@ class Engine:
         event = Event(
             text=seq.policy.take() if reason != "cancelled" else "",
             logprobs=seq.pending,
+            prompt_logprobs=seq.scored,
             finish_reason=reason,
             prompt_tokens=len(seq.prompt),
             completion_tokens=len(seq.policy.token_ids),
         )
-        seq.pending = []
+        seq.pending, seq.scored = [], []
         self._emit(seq, event)
 
     def _fail(self, item: Sequence | Pooling, message: str) -> None:
@@ -413,6 +438,31 @@ class Engine:
             top = [(int(i), *self._token_text(int(i)), float(v)) for v, i in zip(values, ids, strict=True)]
         text, data = self._token_text(token)
         return TokenLogprob(token, text, data, float(logprobs[token]), top)
+
+    def _score(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """The log-probabilities of the prompt tokens a chunk's logits (T, V) predict.
+
+        Row j of the chunk starting at prompt position s predicts token s+j+1; the chunk's last row
+        predicts the next chunk's first token, or, after the prompt, the first generated one.
+        """
+        k, start = seq.request.prompt_logprobs, seq.prefilled
+        if start == 0:
+            seq.scored.append(TokenLogprob(seq.prompt[0], *self._token_text(seq.prompt[0]), None, []))
+        targets = seq.prompt[start + 1 : start + 1 + logits.shape[0]]
+        if not targets:
+            return
+        logprobs = F.log_softmax(logits[: len(targets)].float(), dim=-1)
+        index = torch.tensor(targets, device=logprobs.device)[:, None]
+        chosen = logprobs.gather(1, index)[:, 0].tolist()
+        tops = [[] for _ in targets]
+        if k:
+            values, ids = logprobs.topk(k, dim=-1)
+            tops = [
+                [(i, *self._token_text(i), v) for v, i in zip(vs, row, strict=True)]
+                for vs, row in zip(values.tolist(), ids.tolist(), strict=True)
+            ]
+        for token, lp, top in zip(targets, chosen, tops, strict=True):
+            seq.scored.append(TokenLogprob(token, *self._token_text(token), lp, top))
 
     def _pool_chunk(self, item: Pooling, chunk: list[int]) -> None:
         """Add a chunk's final hidden states to its input's sum; the last chunk sends the job's vectors

@@ -20,13 +20,14 @@ from urllib.parse import urlsplit
 from autarky.serve.jobs import ClientGone
 from autarky.serve.protocol import RequestError, error_response
 
-API_PREFIXES = ("/v1/", "/tokenize", "/detokenize")  # what the audit log records
+API_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")  # what the audit log records
 ROUTES = (  # the endpoint labels of the request metrics; any other path counts as "other"
     "/",
     "/health",
     "/metrics",
     "/tokenize",
     "/detokenize",
+    "/tokenizer_info",
     "/v1/models",
     "/v1/chat/completions",
     "/v1/completions",

@@ -37,8 +37,14 @@ class Job:
     """The engine requests of one API call (one per choice) and their events as they arrive."""
 
     def __init__(
-        self, app_state, prompts: list[list[int]], params: list[SamplingParams], logprobs: int | None
+        self,
+        app_state,
+        prompts: list[list[int]],
+        params: list[SamplingParams],
+        logprobs: int | None,
+        **request: bool | int | None,
     ):
+        """`request`: the `Request` fields every choice shares (prompt_logprobs, generate, end_logprob)."""
         loop = asyncio.get_running_loop()
         self.state = app_state
         self.events: asyncio.Queue = asyncio.Queue()
@@ -47,7 +53,7 @@ class Job:
             return lambda event: loop.call_soon_threadsafe(self.events.put_nowait, (i, event))
 
         self.requests = [
-            Request(prompt, p, emitter(i), logprobs=logprobs)
+            Request(prompt, p, emitter(i), logprobs=logprobs, **request)
             for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))
         ]
         self.open: set[int] = set()
@@ -94,7 +100,14 @@ class Job:
     async def results(self) -> list[dict]:
         """Wait for every choice to finish: its text, logprobs, finish reason and token counts."""
         out = [
-            {"text": "", "logprobs": [], "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0}
+            {
+                "text": "",
+                "logprobs": [],
+                "prompt_logprobs": [],
+                "finish_reason": None,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+            }
             for _ in self.requests
         ]
         try:
@@ -102,6 +115,7 @@ class Job:
                 i, event = await self.next()
                 out[i]["text"] += event.text
                 out[i]["logprobs"] += event.logprobs
+                out[i]["prompt_logprobs"] += event.prompt_logprobs
                 if event.finish_reason:
                     out[i].update(
                         finish_reason=event.finish_reason,

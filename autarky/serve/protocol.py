@@ -41,6 +41,9 @@ MIN_TEMPERATURE = 0.01
 # Stop strings, as OpenAI bounds them in number; each is searched for at every new token, so its
 # length is bounded too.
 MAX_STOPS, MAX_STOP_CHARS = 4, 256
+# Alternatives per token in legacy completions' logprobs: OpenAI's limit. Scoring needs only the
+# chosen token's logprob and the most likely one (lm-eval asks for 1).
+MAX_LOGPROBS = 5
 
 
 class RequestError(Exception):
@@ -147,10 +150,18 @@ class ChatRequest(Sampling):
 
 class CompletionRequest(Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for legacy completions
-    logprobs: int | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for legacy completions; 0 with echo
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool | None = None
     best_of: int | None = Field(None, ge=1)
+
+    def check(self) -> None:
+        super().check()
+        if self.max_tokens == 0 and not self.echo:
+            raise RequestError(
+                "max_tokens 0 generates nothing: it is only for echo (scoring the prompt)",
+                param="max_tokens",
+            )
 
 
 class EmbeddingRequest(Strict):

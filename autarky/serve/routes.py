@@ -132,8 +132,6 @@ async def completions(request: Request):
         raise RequestError(
             "best_of other than n is not supported", param="best_of", code="unsupported_parameter"
         )
-    if req.echo and req.logprobs is not None:
-        raise RequestError("echo with logprobs is not supported", param="echo", code="unsupported_parameter")
     include_usage = check_stream_options(req)
     prompts = prompt_list(req.prompt, "prompt")
     check_capacity(state, len(prompts) * n, "n" if n > 1 else "prompt")
@@ -141,20 +139,25 @@ async def completions(request: Request):
     max_tokens = min(
         budget(len(p), req.max_tokens, state.engine.context, "prompt", "prompt") for p in prompts
     )
-    texts = await run_in_threadpool(lambda: [tokenizer.decode(p) for p in prompts] if req.echo else None)
+    scored = bool(req.echo) and req.logprobs is not None  # every prompt token gets its logprob
+    echoes = await run_in_threadpool(lambda: [echo_text(tokenizer, p) for p in prompts] if req.echo else None)
     # Choice index = prompt index × n + j, as OpenAI numbers them.
     job = Job(
         state,
         [p for p in prompts for _ in range(n)],
-        sampling(req, max_tokens, n) * len(prompts),
+        sampling(req, max(max_tokens, 1), n) * len(prompts),
         req.logprobs,
+        prompt_logprobs=req.logprobs if scored else None,
+        generate=max_tokens > 0,
+        end_logprob=True,
     )
     record = request.state.audit
     prompt_tokens = sum(len(p) for p in prompts)
     record.update(model=req.model, user=req.user, tokens_in=prompt_tokens, prompt=req.prompt)
     job.start(request.receive)
-    echoes = [texts[i // n] if texts else "" for i in range(len(job.requests))]
-    shape = CompletionAnswer(echoes, logprobs=req.logprobs is not None)
+    texts = [echoes[i // n][0] if echoes else "" for i in range(len(job.requests))]
+    offsets = [echoes[i // n][1] for i in range(len(job.requests))] if scored else None
+    shape = CompletionAnswer(texts, logprobs=req.logprobs is not None, echo_offsets=offsets)
     return await answer(
         job, shape, record, state.settings.model_name, prompt_tokens, req.stream, include_usage
     )
@@ -209,6 +212,28 @@ def token_ids(tokenizer, req: TokenizeRequest) -> list[int]:
         return tokenizer.apply_chat_template(template_messages(req.messages), req.add_generation_prompt)
     except UserError as e:
         raise RequestError(str(e), param="messages") from None
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(request: Request):
+    """The tokenizer's settings, as vLLM's endpoint gives them, so that a client (lm-eval's remote
+    tokenizer) counts tokens with this server's own /tokenize and /detokenize."""
+    authorize(request)
+    state = request.app.state
+    tokenizer = state.engine.tokenizer
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **tokenizer.special_tokens,  # bos_token, eos_token, pad_token, ... as tokenizer_config.json names them
+        # Text is never encoded as a control token, so a client cannot find these by tokenizing the
+        # names above: the ids, for clients that read them.
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+        "vocab_size": tokenizer.vocab_size,
+        "model_max_length": state.engine.context,
+        "chat_template": tokenizer.chat_template.source if tokenizer.chat_template else None,
+        "clean_up_tokenization_spaces": False,
+    }
 
 
 @router.post("/detokenize")
@@ -273,6 +298,8 @@ def model_card(state) -> dict:
 
 def budget(prompt_len: int, max_tokens: int | None, context: int, param: str, what: str) -> int:
     """The completion's token budget: `max_tokens`, or all the context the prompt leaves."""
+    if max_tokens == 0 and prompt_len <= context:
+        return 0  # a prompt scored and not continued may fill the context
     if prompt_len >= context:
         raise RequestError(
             f"This model's maximum context length is {context} tokens. However, your {what} "
@@ -358,6 +385,21 @@ def chat_messages(messages: list[Message]) -> list[dict]:
 def template_messages(messages: list[Message]) -> list[dict]:
     """Messages as the chat template takes them; OpenAI's 'developer' role is our 'system'."""
     return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+
+
+def echo_text(tokenizer, ids: list[int]) -> tuple[str, list[int]]:
+    """A prompt's text as echo shows it, and where each of its tokens starts in that text.
+
+    Decoded as a stream: a special token (the <|bos|> a text prompt starts with) adds no text, and
+    the tokens that share a character (a byte-level token may hold part of one) start where it does.
+    """
+    decoder = tokenizer.decode_stream()
+    pieces, offsets, length = [], [], 0
+    for token in ids:
+        offsets.append(length)
+        pieces.append(decoder.step(token))
+        length += len(pieces[-1])
+    return "".join(pieces) + decoder.finish(), offsets
 
 
 def check_ids(ids: list[int], vocab_size: int, param: str) -> None:
