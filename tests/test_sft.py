@@ -224,9 +224,9 @@ def _killed_at_step(step: int, *args, **kwargs) -> None:
 
 @pytest.mark.parametrize("lora", [0, 4])
 def test_a_killed_run_resumes_to_the_same_numbers_and_artifact(toy, lora):
-    config = SFTConfig(**FAST, max_steps=12, lora_rank=lora)
+    config = SFTConfig(**FAST, max_steps=8, lora_rank=lora)
     reference = sft(toy.base, toy.chat, toy.work, config, name=f"reference-{lora}")
-    _killed_at_step(8, toy.base, toy.chat, toy.work, config, name=f"killed-{lora}")  # checkpoint at 5
+    _killed_at_step(7, toy.base, toy.chat, toy.work, config, name=f"killed-{lora}")  # checkpoint at 5
     run_dir = toy.work / "model" / f"killed-{lora}"
     assert (run_dir / "checkpoint.safetensors").exists() and not (run_dir / "manifest.json").exists()
     with pytest.raises(UserError, match="--resume"):
