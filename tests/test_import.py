@@ -14,7 +14,7 @@ from autarky import artifact
 from autarky.console import UserError
 from autarky.generate import SamplingParams, complete
 from autarky.interop import ImportConfig, import_model
-from autarky.model import load_pretrained
+from autarky.model import load_pretrained, save_pretrained
 from autarky.tokenizer import Tokenizer
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "Мороз и солнце; день чудесный!", "print(1 + 2)"] * 20
@@ -179,6 +179,12 @@ def test_imported_models_compute_what_transformers_computes(family, tmp_path, wo
     x = torch.randint(0, SIZE["vocab_size"], (2, 70))
     with torch.no_grad():
         assert (ours(x)[0] - hf(x).logits).abs().max().item() <= 1e-4
+    # and what autarky saves of it (after fine-tuning, say) is again a checkpoint of its family
+    save_pretrained(ours, tmp_path / "saved")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
+    assert type(again) is type(hf)
+    with torch.no_grad():
+        assert (again(x).logits - hf(x).logits).abs().max().item() <= 1e-4
 
     tok = Tokenizer.load(model.path)
     prompt = tok.apply_chat_template(CHAT[:2])
