@@ -142,12 +142,14 @@ def test_loglikelihood_is_exact_batched_or_not_and_splits_pairs_as_lm_eval_does(
     ]
     batched = loglikelihood(net, requests, batch_size=3)
     for (c, x), (ll, greedy) in zip(requests, batched, strict=True):
-        ids = torch.tensor([c + x])
-        logprobs = F.log_softmax(net(ids[:, :-1])[0].float(), dim=-1)[0]
+        with torch.no_grad():  # each request alone, unpadded, the plain way
+            logprobs = F.log_softmax(net(torch.tensor([c + x])[:, :-1])[0].float(), dim=-1)[0]
         expected = sum(float(logprobs[len(c) - 1 + j, t]) for j, t in enumerate(x))
         assert ll == pytest.approx(expected, abs=1e-4)
         assert greedy == all(int(logprobs[len(c) - 1 + j].argmax()) == t for j, t in enumerate(x))
-    assert loglikelihood(net, requests, batch_size=1) == pytest.approx(batched, abs=1e-5)
+    one_by_one = loglikelihood(net, requests, batch_size=1)
+    assert [ll for ll, _ in one_by_one] == pytest.approx([ll for ll, _ in batched], abs=1e-5)
+    assert [g for _, g in one_by_one] == [g for _, g in batched]
 
 
 def test_bits_per_byte_by_group_scores_every_token_once(net_and_tok):
@@ -160,7 +162,9 @@ def test_bits_per_byte_by_group_scores_every_token_once(net_and_tok):
     nats = 0.0
     for start in range(0, len(stream) - 1, 16):  # the same windows, every target once, the tail too
         window = stream[start : start + 17][None]
-        nats += float(F.cross_entropy(net(window[:, :-1])[0][0].float(), window[0, 1:], reduction="sum"))
+        with torch.no_grad():
+            logits = net(window[:, :-1])[0][0].float()
+        nats += float(F.cross_entropy(logits, window[0, 1:], reduction="sum"))
     assert tally.tokens == len(stream) - 1
     assert tally.bytes == len(("Мороз и солнце; день чудесный! " * 6).encode())
     assert tally.bits == pytest.approx(nats / math.log(2), rel=1e-5)
@@ -170,7 +174,7 @@ def test_the_built_in_suite_is_made_from_held_out_sentences_of_the_corpus(work):
     from autarky.data.corpus import iter_texts
     from autarky.evaluate.suite import build_suite
 
-    suite = build_suite(work.corpus, work.workdir, SuiteConfig(suite_items=12))
+    suite = build_suite(work.corpus, work.workdir, SuiteConfig(suite_items=8))
     assert suite.kind == "tasks" and [i["id"] for i in suite.manifest["inputs"]] == [work.corpus.id]
     val = " ".join(" ".join(t.split()) for t in iter_texts(work.corpus, "val"))
     tasks = {t.name: t for t in load_tasks(suite.path)}
@@ -182,7 +186,7 @@ def test_the_built_in_suite_is_made_from_held_out_sentences_of_the_corpus(work):
         assert f"{item.context} {item.choices[item.gold]}" in val
         tails = {c.split(maxsplit=1)[1] if " " in c else "" for c in item.choices}
         assert len(tails) == 1  # the choices differ in the masked word alone
-    assert build_suite(work.corpus, work.workdir, SuiteConfig(suite_items=12)).id == suite.id
+    assert build_suite(work.corpus, work.workdir, SuiteConfig(suite_items=8)).id == suite.id
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +196,8 @@ def evaluated(work):
     tasks = write_tasks(work.root / "my-tasks")
     (tasks / "echo.yaml").write_text(GEN_YAML, encoding="utf-8")
     (tasks / "echo.jsonl").write_text('{"word": "list"}\n{"word": "снег"}\n', encoding="utf-8")
-    config = EvalConfig(bpb_tokens=3000, seq_len=64, prompts=["The list", "Мороз"], sample_tokens=8)
-    result = evaluate(work.model, work.workdir, [work.corpus], [tasks], config, SuiteConfig(suite_items=12))
+    config = EvalConfig(bpb_tokens=1500, seq_len=64, prompts=["The list", "Мороз"], sample_tokens=8)
+    result = evaluate(work.model, work.workdir, [work.corpus], [tasks], config, SuiteConfig(suite_items=8))
     return SimpleNamespace(result=result, tasks=tasks, config=config)
 
 
@@ -209,12 +213,12 @@ def test_an_eval_artifact_names_the_model_corpus_and_tasks_it_was_scored_on(work
     results = json.loads((e.path / "results.json").read_text())
     assert results["schema"] == "autarky.eval/1" and results["model"]["id"] == work.model.id
     bpb = results["bpb"][work.corpus.name]
-    assert 0 < bpb["overall"]["bpb"] < 16 and 2900 < bpb["overall"]["tokens"] <= 3000
+    assert 0 < bpb["overall"]["bpb"] < 16 and 1400 < bpb["overall"]["tokens"] <= 1500
     for groups in (bpb["by_language"], bpb["by_source"]):  # groups add up exactly to the whole
         bits = sum(g["bpb"] * g["bytes"] for g in groups.values())
         assert bits / sum(g["bytes"] for g in groups.values()) == pytest.approx(bpb["overall"]["bpb"])
     languages = {d["lang"] for d in iter_documents(work.corpus, "val", ("lang",))}
-    assert set(bpb["by_language"]) == languages and "en" in languages
+    assert "en" in bpb["by_language"] and set(bpb["by_language"]) <= languages
     capitals = results["tasks"]["capitals"]
     assert capitals["n"] == 2 and set(capitals["metrics"]) >= {"acc", "acc_norm", "acc_stderr"}
     assert results["tasks"]["echo_word"]["metrics"]["exact_match"] in (0.0, 0.5, 1.0)
@@ -237,7 +241,7 @@ def test_the_eval_verifies_reruns_to_the_same_artifact_and_tracks_its_task_files
         [work.corpus],
         [evaluated.tasks],
         evaluated.config,
-        SuiteConfig(suite_items=12),
+        SuiteConfig(suite_items=8),
     )
     assert again.id == evaluated.result.id and again.manifest["seal"] == evaluated.result.manifest["seal"]
     jsonl = evaluated.tasks / "capitals.jsonl"
@@ -249,7 +253,7 @@ def test_the_eval_verifies_reruns_to_the_same_artifact_and_tracks_its_task_files
             [work.corpus],
             [evaluated.tasks],
             evaluated.config,
-            SuiteConfig(suite_items=12),
+            SuiteConfig(suite_items=8),
             name=evaluated.result.name,
         )
     jsonl.write_text(jsonl.read_text().replace("Bern", "Oslo"))

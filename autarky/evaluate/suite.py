@@ -26,25 +26,27 @@ from autarky.evaluate.config import SuiteConfig
 
 BUILDER = "autarky.evaluate.suite/1"  # bumped whenever the way items are made changes
 MAX_BYTES = 20_000_000  # of val text read: plenty for a few hundred items per task
-SENTENCE_END = re.compile(r"(?<=[.!?…])[\"»”)]*\s+(?=[\"«“(—–-]?\s*[A-ZА-ЯЁ0-9])")
-WORD = re.compile(r"[^\W\d_]{4,}")
+# A sentence ends at . ! ? or … (closing quotes and brackets stay with it) before a capital or a digit.
+SENTENCE_END = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][\"»”)]))\s+(?=[\"«“(—–-]?\s*[A-ZА-ЯЁ0-9])")
+WORD = re.compile(r"(?<=\s)[^\W\d_]{4,}(?![\w-])")  # a whole word of letters, after a space
 MIN_CHARS, MAX_CHARS, MIN_WORDS = 25, 300, 5
 
 
-def sentences(text: str) -> list[str]:
-    """The text's sentences of a testable size (5+ words, 25–300 characters), on one line each."""
-    found = []
-    for paragraph in re.split(r"\n\s*\n", text):
+def sentences(text: str) -> list[str | None]:
+    """The text's sentences in order, on one line each; None stands for one of an untestable size
+    (under 5 words, or outside 25–300 characters), so that neighbours stay neighbours."""
+    found: list[str | None] = []
+    for paragraph in re.split(r"\n\s*\n", text):  # a heading without a full stop ends at its blank line
         for s in SENTENCE_END.split(" ".join(paragraph.split())):
             s = s.strip()
-            if MIN_CHARS <= len(s) <= MAX_CHARS and len(s.split()) >= MIN_WORDS:
-                found.append(s)
+            if s:
+                found.append(s if MIN_CHARS <= len(s) <= MAX_CHARS and len(s.split()) >= MIN_WORDS else None)
     return found
 
 
 def next_sentence_items(documents: list[list[str]], config: SuiteConfig, rng: random.Random) -> list[dict]:
-    pool = [(d, i, s) for d, doc in enumerate(documents) for i, s in enumerate(doc)]
-    pairs = [(d, i) for d, doc in enumerate(documents) for i in range(len(doc) - 1)]
+    pool = [(d, i, s) for d, doc in enumerate(documents) for i, s in enumerate(doc) if s]
+    pairs = [(d, i) for d, doc in enumerate(documents) for i in range(len(doc) - 1) if doc[i] and doc[i + 1]]
     rng.shuffle(pairs)
     items = []
     for d, i in pairs[: config.suite_items]:
@@ -59,11 +61,14 @@ def cloze_items(documents: list[list[str]], config: SuiteConfig, rng: random.Ran
         (d, i, w.lower())
         for d, doc in enumerate(documents)
         for i, t in enumerate(doc)
+        if t
         for w in WORD.findall(t)
     ]
     spots = []
     for d, doc in enumerate(documents):
         for i, sentence in enumerate(doc):  # one word per sentence, with at least three words before it
+            if not sentence:
+                continue
             words = [m for m in WORD.finditer(sentence) if len(sentence[: m.start()].split()) >= 3]
             if words:
                 spots.append((d, i, rng.choice(words)))
@@ -129,7 +134,7 @@ def documents_by_language(corpus: Artifact, languages: list[str]) -> dict[str, l
     found: dict[str, list[list[str]]] = {lang: [] for lang in languages}
     seen = 0
     for doc in iter_documents(corpus, "val", ("text", "lang")):
-        if doc["lang"] in found and (split := sentences(doc["text"])):
+        if doc["lang"] in found and any(split := sentences(doc["text"])):
             found[doc["lang"]].append(split)
         seen += len(doc["text"].encode())
         if seen >= MAX_BYTES:
