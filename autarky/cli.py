@@ -311,9 +311,7 @@ def generate(
     params = _sampling(temperature, top_k, top_p, max_tokens, seed)
     done = Completion()
     sys.stdout.write(prompt)
-    for piece in stream(
-        net, tokenizer, [tokenizer.bos_id, *tokenizer.encode(prompt)], params, completion=done
-    ):
+    for piece in stream(net, tokenizer, tokenizer.encode_prompt(prompt), params, completion=done):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

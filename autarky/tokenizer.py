@@ -124,6 +124,13 @@ class Tokenizer:
             stops if isinstance(stops, list) else [stops] if stops is not None else []
         )
         self._generation_bos = generation.get("bos_token_id")
+        # Whether a plain text starts with bos, as transformers' `tokenizer(text)` gives it: the config's
+        # add_bos_token where it says, else whether the tokenizer's post-processor adds a token.
+        adds = settings.get("add_bos_token")
+        processor = hf.post_processor
+        self.adds_bos = (
+            adds if isinstance(adds, bool) else bool(processor and processor.num_special_tokens_to_add(False))
+        )
 
     @classmethod
     def load(cls, source: Path | str | Artifact) -> Tokenizer:
@@ -199,6 +206,11 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """The ids of `text`, with no `<|bos|>` added (the tokens stage and chat template add it)."""
         return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt to continue: bos first where this tokenizer starts texts with it (ours, Llama),
+        not where it does not (Qwen), as transformers' `tokenizer(text)` gives it."""
+        return ([self.bos_id] if self.adds_bos else []) + self.encode(text)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Like `encode` for many texts at once, on all cores (tokenizers' own thread pool)."""

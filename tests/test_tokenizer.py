@@ -165,7 +165,7 @@ def test_transformers_loads_it_offline_and_agrees(trained, tok, monkeypatch):
         assert list(theirs) == tok.apply_chat_template(CHAT, add_generation_prompt=add)
     text = "Вечор, ты помнишь 🙂"
     # plain text starts with <|bos|>, as documents did in training
-    assert hf(text)["input_ids"] == [tok.bos_id, *tok.encode(text)]
+    assert hf(text)["input_ids"] == [tok.bos_id, *tok.encode(text)] == tok.encode_prompt(text)
     assert hf.decode(tok.encode(text)) == text
 
 
@@ -258,6 +258,7 @@ def test_foreign_chat_templates_give_transformers_ids(style, tmp_path, monkeypat
     assert sum(i in control for i in forged) < sum(i in control for i in naive)
     assert ours.decode(forged, skip_special=False) == hf.decode(naive, skip_special_tokens=False)
     assert ours.stop_ids == set(STYLES[style]["stops"])
+    assert ours.encode_prompt("the quick fox") == hf("the quick fox")["input_ids"]  # neither adds a bos here
     # documents start with bos, or where there is none (Qwen) with the eos that separates them
     assert ours.bos_id == (0 if style == "llama3" else ours.id_of("<|im_end|>"))
 

@@ -207,7 +207,7 @@ async def tokenize(request: Request):
 def token_ids(tokenizer, req: TokenizeRequest) -> list[int]:
     """What /tokenize counts: a prompt as /v1/completions does, or messages as the chat endpoint."""
     if req.prompt is not None:
-        return ([tokenizer.bos_id] if req.add_special_tokens else []) + tokenizer.encode(req.prompt)
+        return tokenizer.encode_prompt(req.prompt) if req.add_special_tokens else tokenizer.encode(req.prompt)
     try:
         return tokenizer.apply_chat_template(template_messages(req.messages), req.add_generation_prompt)
     except UserError as e:
@@ -433,7 +433,7 @@ async def prompt_ids(state, prompts: list, param: str) -> list[list[int]]:
     tokenizer = state.engine.tokenizer
 
     def encode() -> list[list[int]]:
-        return [[tokenizer.bos_id, *tokenizer.encode(p)] if isinstance(p, str) else list(p) for p in prompts]
+        return [tokenizer.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
 
     out = await run_in_threadpool(encode)
     for ids in out:
