@@ -297,3 +297,22 @@ def test_an_id_past_the_vocabulary_stands_for_no_text(tok):
     assert tok.token_bytes(tok.vocab_size + 5) == b""
     stream = tok.decode_stream()
     assert stream.step(tok.vocab_size + 5) == "" and stream.step(tok.encode("a")[0]) == "a"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ messages.__class__.__mro__ }}",
+        "{% set ns = namespace(_x=1) %}{{ ns }}",
+        "{% set ns = namespace(a=1) %}{% set ns._hidden = 2 %}",
+        "{{ messages.append(1) }}",
+    ],
+)
+def test_a_chat_template_stays_in_its_sandbox(tmp_path, template):
+    """A checkpoint's template is code from elsewhere: it may not reach Python's internals or change its inputs."""
+    from tests.test_import import save_tokenizer
+
+    save_tokenizer(tmp_path, "qwen")
+    (tmp_path / "chat_template.jinja").write_text(template)
+    with pytest.raises(UserError, match="refused the conversation"):
+        Tokenizer.load(tmp_path).apply_chat_template([{"role": "user", "content": "hi"}])
