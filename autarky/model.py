@@ -129,7 +129,8 @@ class ModelConfig:
         # transformers' defaults where config.json leaves a key out (they differ from ours)
         values.setdefault("tie_word_embeddings", False)
         values.setdefault("rms_norm_eps", 1e-6)
-        values.setdefault("num_key_value_heads", config["num_attention_heads"])
+        if values.get("num_key_value_heads") is None:
+            values["num_key_value_heads"] = config["num_attention_heads"]
         values["attention_bias"] = bool(values.get("attention_bias")) and model_type != "qwen2"
         return cls(**{**values, "model_type": model_type, "rope_theta": theta, "rope_scaling": scaling})
 
