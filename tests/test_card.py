@@ -268,3 +268,36 @@ def test_every_card_setting_can_be_set_from_the_cli(monkeypatch):
         config = _received(monkeypatch, CardConfig, "autarky.card.card", ["card", "model", *args])
         assert getattr(config, f.name) == expected, f.name
     assert _received(monkeypatch, CardConfig, "autarky.card.card", ["card", "model"]) == CardConfig()
+
+
+def test_a_fine_tuned_model_names_its_base_and_its_chat_data(workspace, tmp_path):
+    from autarky.data.chat import curate_chat
+    from autarky.train.config import SFTConfig
+    from autarky.train.sft import sft
+
+    turns = [
+        [
+            {"role": "user", "content": f"What is {i} and {i}? Write to me at user{i}@example.com"},
+            {"role": "assistant", "content": f"{i} and {i} make {2 * i}."},
+        ]
+        for i in range(24)
+    ]
+    conversations = tmp_path / "support.jsonl"
+    conversations.write_text("".join(json.dumps({"messages": t}) + "\n" for t in turns))
+    chat = curate_chat([conversations], workspace)
+    quick = SFTConfig(max_steps=1, seq_len=64, batch_size=2, eval_tokens=128, lora_rank=4)
+    tuned = sft(model_in(workspace), chat, workspace, quick)
+    made = card(tuned, workspace)
+    readme = (made.path / "README.md").read_text()
+    meta = header(readme)
+    assert meta["base_model"] == ["tiny-test"] and chat.id in meta["datasets"]
+    assert f"### chat/{chat.name}" in readme and "Personal data redacted: email 24" in readme
+    summary = (made.path / "training-content-summary.md").read_text()
+    assert "fine-tuned from model/tiny-test" in summary and "`autarky curate-chat`" in readme
+    bom = bom_of(made)
+    parameters = bom["metadata"]["component"]["modelCard"]["modelParameters"]
+    assert (
+        parameters["approach"] == {"type": "supervised"}
+        and {"ref": f"chat/{chat.name}"} in parameters["datasets"]
+    )
+    assert schema_errors(bom) == []
