@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from autarky import artifact, offline
@@ -670,6 +671,8 @@ def _print_eval(result) -> None:
             if not metric.endswith("_stderr"):
                 table.add_row(task, metric, f"{value:.4f}")
     console.print(table)
+    for sample in json.loads((result.path / "results.json").read_text())["samples"]:
+        console.print(f"[dim]sample:[/] [bold]{escape(sample['prompt'])}[/]{escape(sample['completion'])}")
     console.print(f"[green]eval[/] {result.path}  (results.json, samples/, eval.png)")
 
 
