@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
@@ -35,7 +36,8 @@ class LoRA(nn.Module):
         self.scale = alpha / rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.A.t()) @ self.B.t() * self.scale
+        # Scaled at rank width, the narrowest point, so no full-width temporary is made for it.
+        return F.linear(F.linear(x, self.A) * self.scale, self.B)
 
     def delta(self) -> torch.Tensor:
         """What the adapter adds to the base weight once merged."""
@@ -50,7 +52,7 @@ class LoRALinear(nn.Module):
         self.base, self.lora = base, lora
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora(x)
+        return self.base(x).add_(self.lora(x))  # in place: no autograd step keeps the base's output
 
 
 def adapted(model: nn.Module) -> list[tuple[str, LoRALinear]]:
