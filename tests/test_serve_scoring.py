@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from autarky.evaluate.score import loglikelihood as score_in_process
 from autarky.generate import SamplingParams
 from autarky.model import load_pretrained, save_pretrained
 from autarky.serve import ServeConfig, build_app
@@ -302,15 +303,19 @@ def lm_eval_pairs(sample: dict) -> list[tuple[str, str]]:
     return [(a[0], a[1]) for a in args]
 
 
-def loglikelihood(model, tok: Tokenizer, context: str, continuation: str) -> float:
-    """lm-eval's `loglikelihood` in-process: the continuation's tokens' log-probabilities summed,
-    tokenized as lm-eval does (trailing spaces of the context move to the continuation; the
-    continuation is what encoding the whole adds after the context's own tokens; no <|bos|>)."""
+def lm_eval_ids(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """The ids lm-eval sends for a pair with a remote tokenizer: trailing spaces of the context move
+    to the continuation, the continuation is what encoding the whole adds after the context's own
+    tokens, and no <|bos|> (its remote tokenizer adds no special tokens)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     ctx = tok.encode(context)
-    cont = tok.encode(context + continuation)[len(ctx) :]
+    return ctx, tok.encode(context + continuation)[len(ctx) :]
+
+
+def summed(model, ctx: list[int], cont: list[int]) -> float:
+    """The continuation's log-probabilities summed, from one forward pass over context + continuation."""
     ids = ctx + cont
     logprobs = reference(model, ids)
     return sum(logprobs[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
@@ -346,13 +351,18 @@ def test_lm_eval_multiple_choice_matches_our_loglikelihoods(server, model, tok, 
     )
     samples = results["samples"]["autarky_choice"]
     assert len(samples) == len(TASK_DOCS)
-    checked = 0
+    theirs, requests = [], []
     for sample in samples:
         pairs = lm_eval_pairs(sample)
         assert len(pairs) == len(sample["doc"]["choices"]) == len(sample["resps"])
-        for (context, continuation), resp in zip(pairs, sample["resps"], strict=True):
-            theirs, _ = resp[0]
-            assert abs(theirs - loglikelihood(model, tok, context, continuation)) <= EXACT
-            checked += 1
-    assert checked == sum(len(d["choices"]) for d in TASK_DOCS)
+        theirs += [resp[0] for resp in sample["resps"]]
+        requests += [lm_eval_ids(tok, context, continuation) for context, continuation in pairs]
+    assert len(theirs) == sum(len(d["choices"]) for d in TASK_DOCS)
+    # `autarky eval`'s in-process scorer, given the same ids, agrees on the sum and on greediness.
+    ours = score_in_process(model, requests)
+    for (their_sum, their_greedy), (our_sum, our_greedy), (ctx, cont) in zip(
+        theirs, ours, requests, strict=True
+    ):
+        assert abs(their_sum - our_sum) <= EXACT and abs(their_sum - summed(model, ctx, cont)) <= EXACT
+        assert their_greedy == our_greedy
     assert 0 <= results["results"]["autarky_choice"]["acc,none"] <= 1
