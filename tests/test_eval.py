@@ -276,3 +276,19 @@ def test_eval_refuses_what_is_not_a_model_or_a_corpus(work):
         evaluate(work.corpus, work.workdir)
     with pytest.raises(UserError, match="is a model; bits per byte is measured on a corpus"):
         evaluate(work.model, work.workdir, [work.model])
+
+
+def test_a_corpus_too_small_for_the_suite_is_said_so_and_passed_over(work):
+    from autarky.evaluate.stage import evaluate
+    from autarky.evaluate.suite import build_suite
+
+    none_in_ukrainian = SuiteConfig(suite_languages=["uk"])
+    with pytest.raises(UserError, match="too little held-out text in uk"):
+        build_suite(work.corpus, work.workdir, none_in_ukrainian)
+    result = evaluate(
+        work.model, work.workdir, [work.corpus], [], EvalConfig(bpb_tokens=100, prompts=[]), none_in_ukrainian
+    )
+    assert result.metrics["tasks"] == {} and [i["kind"] for i in result.manifest["inputs"]] == [
+        "model",
+        "corpus",
+    ]

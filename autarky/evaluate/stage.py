@@ -70,9 +70,7 @@ def evaluate(
     corpora = list({c.path: c for c in corpora}.values())  # each once, in the order given
     task_artifacts = [t for t in tasks if isinstance(t, Artifact)]
     if suite is not None:
-        from autarky.evaluate.suite import build_suite
-
-        task_artifacts += [build_suite(c, workdir, suite) for c in corpora]
+        task_artifacts += built_in_tasks(corpora, workdir, suite)
     task_artifacts = list({t.path: t for t in task_artifacts}.values())
     file_tasks = [t for p in tasks if not isinstance(p, Artifact) for t in load_tasks(Path(p))]
     loaded = gather_tasks(task_artifacts, file_tasks)
@@ -97,6 +95,19 @@ def evaluate(
         plot_results(results, builder.dir / "eval.png")
         builder.metrics = {**summary(results), "seconds": round(time.perf_counter() - start, 2)}
         return builder.finish()
+
+
+def built_in_tasks(corpora: list[Artifact], workdir: Path, suite: SuiteConfig) -> list[Artifact]:
+    """The built-in suite of each corpus; one with too little held-out text is passed over, and said so."""
+    from autarky.evaluate.suite import TooLittleText, build_suite
+
+    made = []
+    for corpus in corpora:
+        try:
+            made.append(build_suite(corpus, workdir, suite))
+        except TooLittleText as e:
+            console.print(f"[yellow]no built-in tasks[/]: {e}")
+    return made
 
 
 def gather_tasks(artifacts: list[Artifact], file_tasks: list[Task]) -> list[tuple[str, Task]]:

@@ -25,11 +25,15 @@ from autarky.console import UserError, console
 from autarky.evaluate.config import SuiteConfig
 
 BUILDER = "autarky.evaluate.suite/1"  # bumped whenever the way items are made changes
-MAX_BYTES = 20_000_000  # of val text read: plenty for a few hundred items per task
+MAX_BYTES = 4_000_000  # of val text read: plenty for a few hundred items per task, in bounded memory
 # A sentence ends at . ! ? or … (closing quotes and brackets stay with it) before a capital or a digit.
 SENTENCE_END = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][\"»”)]))\s+(?=[\"«“(—–-]?\s*[A-ZА-ЯЁ0-9])")
 WORD = re.compile(r"(?<=\s)[^\W\d_]{4,}(?![\w-])")  # a whole word of letters, after a space
 MIN_CHARS, MAX_CHARS, MIN_WORDS = 25, 300, 5
+
+
+class TooLittleText(UserError):
+    """The corpus's held-out text gives no item in any language asked."""
 
 
 def sentences(text: str) -> list[str | None]:
@@ -168,7 +172,7 @@ def build_suite(
                 write_atomic(builder.dir / f"{task}.jsonl", lines)
                 made[task] = {"language": lang, "items": len(items), "choices": config.suite_choices}
         if not made:
-            raise UserError(
+            raise TooLittleText(
                 f"corpus {corpus.name} has too little held-out text in {', '.join(config.suite_languages)} "
                 "to make the built-in tasks (they need several sentences of 5 words or more in the val split)"
             )
