@@ -55,15 +55,17 @@ def loglikelihood(
         chosen = order[start : start + batch_size]
         rows = [(requests[i][0] + requests[i][1])[-limit:] for i in chosen]
         width = max(len(r) for r in rows) - 1
+        if width < 1:  # nothing to score: empty continuations after a lone <|bos|>
+            continue
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         for b, row in enumerate(rows):
             ids[b, : len(row) - 1] = torch.tensor(row[:-1])
-        logits = model(ids.to(device))[0].float()
+        logits = model(ids.to(device))[0]
         for b, i in enumerate(chosen):
             n_cont, n_in = len(requests[i][1]), len(rows[b]) - 1
             if n_cont == 0:
                 continue
-            logprobs = F.log_softmax(logits[b, n_in - n_cont : n_in], dim=-1)
+            logprobs = F.log_softmax(logits[b, n_in - n_cont : n_in].float(), dim=-1)
             target = torch.tensor(rows[b][-n_cont:], device=logprobs.device)
             total = float(logprobs.gather(1, target[:, None]).sum())
             results[i] = (total, bool((logprobs.argmax(-1) == target).all()))
