@@ -180,6 +180,10 @@ def test_the_licence_an_imported_ancestor_declared_is_the_files_licence(pipeline
 # ---------------------------------------------------------------- llama.cpp
 
 
+# llama.cpp keeps its KV cache in f16 unless told: that alone moves the logits by about 1e-3 of their range.
+EXACT = dict(type_k=0, type_v=0, n_threads=2, verbose=False)  # 0 is GGML_TYPE_F32
+
+
 def greedy_llama_cpp(llm, prompt: list[int], n: int, end_ids: set[int]) -> tuple[list[int], np.ndarray]:
     """Greedy decoding on llama.cpp's logits, token by token through its KV cache; also the first logits."""
     llm.reset()
@@ -209,25 +213,23 @@ def test_llama_cpp_continues_a_prompt_exactly_as_autarky_generate_does(trained, 
 
     context = model.config.max_position_embeddings
     end_ids = tokenizer.stop_ids
-    llm = llama_cpp.Llama(
-        str(exports["f32"].path / "model.gguf"), n_ctx=context, logits_all=True, n_threads=2, verbose=False
-    )
+    llm = llama_cpp.Llama(str(exports["f32"].path / "model.gguf"), n_ctx=context, logits_all=True, **EXACT)
     for text in (PROMPT, "Мороз и солнце; день чудесный!\n\n  x = [1, 22, 333, 4444]"):
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text)
     theirs, first = greedy_llama_cpp(llm, prompt, 32, end_ids)
-    assert np.abs(first - ours).max() <= 1e-3
+    assert np.abs(first - ours).max() <= 1e-4
     assert theirs == done.token_ids and len(theirs) > 0
     assert (
         llm.metadata["tokenizer.chat_template"]
         == json.loads((trained.path / "tokenizer_config.json").read_text())["chat_template"]
     )
 
-    small = llama_cpp.Llama(
-        str(exports["q8_0"].path / "model.gguf"), n_ctx=context, logits_all=True, n_threads=2, verbose=False
-    )
+    small = llama_cpp.Llama(str(exports["q8_0"].path / "model.gguf"), n_ctx=context, logits_all=True, **EXACT)
     tokens, logits = greedy_llama_cpp(small, prompt, 16, end_ids)
     cosine = float(logits @ ours / (np.linalg.norm(logits) * np.linalg.norm(ours)))
-    assert tokens and tokenizer.decode(tokens).strip() and cosine > 0.99
+    assert len(tokens) == 16 and cosine > 0.99
+    llm.close()
+    small.close()
 
 
 FAMILIES = {
@@ -301,9 +303,10 @@ def test_llama_cpp_computes_each_family_as_transformers_does(trained, tmp_path, 
     ids = torch.randint(0, hf.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = hf(ids).logits[0].numpy()
-    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, **EXACT)
     llm.eval(ids[0].tolist())
-    assert np.abs(np.asarray(llm.scores[:48]) - want).max() <= 1e-3 * np.abs(want).max()
+    assert np.abs(np.asarray(llm.scores[:48]) - want).max() <= 1e-4
+    llm.close()
 
 
 # ---------------------------------------------------------------- bad input
