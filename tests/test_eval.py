@@ -67,6 +67,11 @@ def test_a_task_file_in_lm_eval_format_reads_with_fields_templates_and_text_targ
     assert task.items[0].choices == ["Paris", "Rome", "Oslo"]
     assert [item.gold for item in task.items] == [0, 1]  # an index, and a choice's own text
     assert task.target_delimiter == " "
+    with_description = MC_YAML.replace(
+        "test_split: test", 'test_split: test\ndescription: "Geography.\\n\\n"'
+    )
+    (task,) = load_tasks(write_tasks(tmp_path / "d", yaml_text=with_description))
+    assert task.items[1].context == "Geography.\n\nQ: What is the capital of Italy?\nA:"
 
 
 @pytest.mark.parametrize(
@@ -90,6 +95,8 @@ def test_a_task_file_in_lm_eval_format_reads_with_fields_templates_and_text_targ
         (MC_DOCS, ("test: capitals.jsonl", "test: elsewhere.jsonl"), "elsewhere.jsonl does not exist"),
         (MC_DOCS, ("doc_to_target: answer\n", ""), "needs `doc_to_target`"),
         (MC_DOCS, ("task: capitals", "task: ../capitals"), "may hold letters, digits"),
+        (MC_DOCS, ("test_split: test", "test_split: test\nnum_fewshot: 5"), "num_fewshot must be 0"),
+        (MC_DOCS, ("test_split: test", "test_split: test\nfilter_list: []"), "filter_list is not among"),
     ],
 )
 def test_a_bad_task_file_is_one_clear_sentence(tmp_path, docs, yaml_edit, says):

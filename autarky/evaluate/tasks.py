@@ -14,9 +14,12 @@ The subset of lm-eval's task YAML that a local task needs:
     generation_kwargs: {until: ["\\n"], max_gen_toks: 32}
     metric_list: [{metric: acc}, {metric: acc_norm}]   # acc, acc_norm | exact_match
     metadata: {language: ru}               # optional: results are also grouped by it
+    description: "..."                     # optional: put before every document's text, as lm-eval does
 
 A field name is looked up first, then `{{ }}`/`{% %}` renders as Jinja in a sandbox (a task file is
 input, not code: lm-eval's `!function` is refused), anything else is taken literally, as lm-eval does.
+What autarky would score otherwise than lm-eval (few-shot, repeats, result filters, custom code) is
+refused by name rather than ignored.
 Every document is checked when the task is read, so a missing field or a label out of range is one
 sentence naming the file, the line and the field, before any model runs.
 """
@@ -35,14 +38,14 @@ from typing import Any
 from autarky.console import UserError
 
 OUTPUT_TYPES = {"multiple_choice": ("acc", "acc_norm"), "generate_until": ("exact_match",)}
-IGNORED_KEYS = {  # lm-eval settings that change nothing in a zero-shot local run
-    "tag", "group", "dataset_name", "training_split", "fewshot_split", "description", "num_fewshot",
-    "fewshot_delimiter", "should_decontaminate", "doc_to_decontamination_query", "repeats", "filter_list",
-    "process_results", "output_type", "validation_split", "test_split", "dataset_path", "dataset_kwargs",
+SUPPORTED_KEYS = {
+    "task", "output_type", "dataset_path", "dataset_kwargs", "test_split", "validation_split", "description",
+    "doc_to_text", "doc_to_choice", "doc_to_target", "target_delimiter", "generation_kwargs", "metric_list",
+    "metadata",
 }  # fmt: skip
-KNOWN_KEYS = IGNORED_KEYS | {
-    "task", "doc_to_text", "doc_to_choice", "doc_to_target", "target_delimiter", "generation_kwargs",
-    "metric_list", "metadata",
+NEUTRAL_KEYS = {  # lm-eval settings that change nothing in a zero-shot run from a local file
+    "tag", "group", "dataset_name", "training_split", "fewshot_split", "fewshot_delimiter", "fewshot_config",
+    "should_decontaminate", "doc_to_decontamination_query", "num_fewshot", "repeats",
 }  # fmt: skip
 
 
@@ -86,6 +89,33 @@ def load_tasks(path: Path) -> list[Task]:
 
 def load_task(path: Path) -> Task:
     """Read one task YAML and its documents, checking every document against the task."""
+    spec = read_spec(path)
+    output_type = spec.get("output_type", "multiple_choice")
+    data = data_file(path, spec)
+    until, max_gen_toks = generation_settings(path, spec)
+    metadata = spec.get("metadata") if isinstance(spec.get("metadata"), dict) else {}
+    task = Task(
+        name=spec["task"],
+        output_type=output_type,
+        items=[],
+        metrics=metric_names(path, spec, output_type),
+        target_delimiter=str(spec.get("target_delimiter", " ")),
+        until=until,
+        max_gen_toks=max_gen_toks,
+        language=metadata.get("language"),
+        files=[path, data],
+    )
+    for line_no, doc in read_documents(data):
+        where = f"{data}, line {line_no} (task {task.name})"
+        task.items.append(make_item(spec, doc, output_type, where))
+    if not task.items:
+        raise UserError(f"{data} holds no documents for task {task.name}")
+    return task
+
+
+def read_spec(path: Path) -> dict:
+    """The YAML, refused where autarky would score it otherwise than lm-eval does (few-shot, repeats,
+    result filters, code), or where a setting it needs is missing."""
     import yaml
 
     try:
@@ -99,19 +129,28 @@ def load_task(path: Path) -> Task:
         raise UserError(f"{path} is not an lm-eval task: it needs a `task:` name")
     if not re.fullmatch(r"\w[\w.@+-]*", spec["task"]):
         raise UserError(f"{path}: the task name {spec['task']!r} may hold letters, digits and _ . @ + - only")
-    unknown = sorted(set(spec) - KNOWN_KEYS)
+    unknown = sorted(set(spec) - SUPPORTED_KEYS - NEUTRAL_KEYS)
     if unknown:
         raise UserError(f"{path}: {', '.join(unknown)} is not among the task settings autarky supports")
+    if spec.get("num_fewshot") not in (None, 0) or spec.get("repeats") not in (None, 1):
+        raise UserError(f"{path}: autarky runs tasks zero-shot and once; num_fewshot must be 0 and repeats 1")
     output_type = spec.get("output_type", "multiple_choice")
     if output_type not in OUTPUT_TYPES:
         raise UserError(f"{path}: output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
-    for key in ("doc_to_text", "doc_to_target") + (
+    needed = ("doc_to_text", "doc_to_target") + (
         ("doc_to_choice",) if output_type == "multiple_choice" else ()
-    ):
+    )
+    for key in needed:
         if key not in spec:
             raise UserError(f"{path}: a {output_type} task needs `{key}`")
-    data = data_file(path, spec)
+    return spec
+
+
+def generation_settings(path: Path, spec: dict) -> tuple[list[str], int]:
+    """`until` (lm-eval's default: a blank line) and `max_gen_toks`, checked."""
     generation = spec.get("generation_kwargs") or {}
+    if not isinstance(generation, dict):
+        raise UserError(f"{path}: generation_kwargs must be a mapping")
     until = generation.get("until", ["\n\n"])
     until = [until] if isinstance(until, str) else until
     max_gen_toks = generation.get("max_gen_toks", 64)
@@ -119,23 +158,7 @@ def load_task(path: Path) -> Task:
         raise UserError(f"{path}: generation_kwargs.until must be a string or a list of strings")
     if isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int) or max_gen_toks < 1:
         raise UserError(f"{path}: generation_kwargs.max_gen_toks must be a whole number of at least 1")
-    task = Task(
-        name=spec["task"],
-        output_type=output_type,
-        items=[],
-        metrics=metric_names(path, spec, output_type),
-        target_delimiter=str(spec.get("target_delimiter", " ")),
-        until=until,
-        max_gen_toks=max_gen_toks,
-        language=(spec.get("metadata") or {}).get("language"),
-        files=[path, data],
-    )
-    for line_no, doc in read_documents(data):
-        where = f"{data}, line {line_no} (task {task.name})"
-        task.items.append(make_item(spec, doc, output_type, where))
-    if not task.items:
-        raise UserError(f"{data} holds no documents for task {task.name}")
-    return task
+    return until, max_gen_toks
 
 
 def data_file(path: Path, spec: dict) -> Path:
@@ -191,10 +214,12 @@ def metric_names(path: Path, spec: dict, output_type: str) -> list[str]:
 
 
 def make_item(spec: dict, doc: dict, output_type: str, where: str) -> Item:
-    context = render(spec["doc_to_text"], doc, "doc_to_text", where)
+    context = str(render(spec["doc_to_text"], doc, "doc_to_text", where))
+    if spec.get("description"):  # lm-eval puts it before the text of every document
+        context = str(render(spec["description"], doc, "description", where)) + context
     target = render(spec["doc_to_target"], doc, "doc_to_target", where)
     if output_type == "generate_until":
-        return Item(context=str(context), gold=str(target))
+        return Item(context=context, gold=str(target))
     choices = render(spec["doc_to_choice"], doc, "doc_to_choice", where)
     if isinstance(choices, str):
         try:
@@ -204,7 +229,7 @@ def make_item(spec: dict, doc: dict, output_type: str, where: str) -> Item:
     if not isinstance(choices, list | tuple) or len(choices) < 2:
         raise UserError(f"{where}: doc_to_choice must give a list of at least two choices")
     choices = [str(c) for c in choices]
-    return Item(context=str(context), gold=gold_index(target, choices, where), choices=choices)
+    return Item(context=context, gold=gold_index(target, choices, where), choices=choices)
 
 
 def gold_index(target: Any, choices: list[str], where: str) -> int:
