@@ -159,6 +159,39 @@ def test_loglikelihood_is_exact_batched_or_not_and_splits_pairs_as_lm_eval_does(
     assert [g for _, g in one_by_one] == [g for _, g in batched]
 
 
+def test_task_scores_equal_lm_eval_harness_own_on_the_same_model(work, tmp_path, monkeypatch):
+    """lm-eval's `hf` backend (transformers, with <|bos|> first as our documents have it) gives the
+    same per-choice log-likelihoods for the same task file as `autarky eval`, to float precision."""
+    lm_eval = pytest.importorskip("lm_eval", reason="lm-eval[api] is in the dev extra")
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from autarky.evaluate.score import score_multiple_choice
+    from autarky.model import load_pretrained
+    from autarky.tokenizer import Tokenizer
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    tasks = write_tasks(tmp_path / "tasks")  # lm-eval reads data files from the working directory
+    absolute = f"test: {tasks / 'capitals.jsonl'}\n  cache_dir: {tmp_path / 'cache'}"
+    (tasks / "capitals.yaml").write_text(MC_YAML.replace("test: capitals.jsonl", absolute), encoding="utf-8")
+    lm = HFLM(
+        pretrained=str(work.model.path), add_bos_token=True, batch_size=4, device="cpu", dtype="float32"
+    )
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=["capitals"], task_manager=TaskManager(include_path=str(tasks)), log_samples=True
+    )
+    theirs = {s["doc_id"]: [r[0][0] for r in s["resps"]] for s in out["samples"]["capitals"]}
+    (task,) = load_tasks(tasks)
+    metrics, records = score_multiple_choice(
+        load_pretrained(work.model.path), Tokenizer.load(work.model.path), task
+    )
+    for record in records:
+        assert record["loglikelihoods"] == pytest.approx(theirs[record["doc"]], abs=1e-4)
+    assert metrics["acc"] == pytest.approx(out["results"]["capitals"]["acc,none"])
+    assert metrics["acc_norm"] == pytest.approx(out["results"]["capitals"]["acc_norm,none"])
+
+
 def test_bits_per_byte_by_group_scores_every_token_once(net_and_tok):
     from autarky.evaluate.bpb import token_byte_lengths
     from autarky.evaluate.score import score_stream

@@ -9,7 +9,9 @@ corpus's val split, which training never reads:
 
 The result is a `tasks` artifact whose input is the corpus and whose config is every setting used
 here, so a task's lineage runs from its items back to the source files their sentences came from.
-The directory is lm-eval's own format: `lm-eval --include_path work/tasks/<name>` reads it too.
+The directory is lm-eval's own format. lm-eval reads it too, from inside it (it finds data files
+from its working directory, and the YAML names them relatively so the artifact can move):
+`cd work/tasks/<name> && lm-eval --include_path . --tasks ru_cloze ...`.
 """
 
 from __future__ import annotations
