@@ -5,7 +5,8 @@
 One model, random weights from the preset (speed does not depend on them) and our byte-level BPE
 trained on the corpus at the preset's vocabulary, is saved as a model directory and exported by
 `autarky.gguf.write_gguf` at f32 and q8_0. Each engine decodes 256 tokens greedily after the same
-64-token prompt, prefill included, `--repeats` times; best and median tokens/s are reported.
+64-token prompt, prefill included, `--repeats` times, the engines taking turns so that all see the
+same machine load; best and median tokens/s are reported.
 autarky runs `autarky.generate.stream` (the CLI's generate: KV cache, text policy) on the model in
 each serving precision (`autarky.serve.precision`); llama.cpp runs through llama-cpp-python's
 `Llama.generate` with its greedy sampler in C, reset before each run so no prompt is reused from
@@ -53,18 +54,25 @@ def llama_cpp_run(llm, prompt: list[int], n: int) -> tuple[float, list[int]]:
     return time.perf_counter() - t, out
 
 
-def timed(run, repeats: int, n: int) -> dict:
-    run(16)  # warm-up
-    seconds, tokens = [], None
+def timed(engines: dict, repeats: int, n: int) -> dict:
+    """Each engine decodes `n` tokens `repeats` times, the engines taking turns so all see the same load."""
+    seconds: dict[str, list[float]] = {name: [] for name in engines}
+    tokens = {}
+    for run in engines.values():
+        run(16)  # warm-up
     for _ in range(repeats):
-        s, tokens = run(n)
-        if len(tokens) != n:
-            raise RuntimeError(f"decoded {len(tokens)} tokens, not {n}")
-        seconds.append(s)
+        for name, run in engines.items():
+            s, tokens[name] = run(n)
+            if len(tokens[name]) != n:
+                raise RuntimeError(f"{name} decoded {len(tokens[name])} tokens, not {n}")
+            seconds[name].append(s)
     return {
-        "tokens_per_s_best": round(n / min(seconds), 1),
-        "tokens_per_s_median": round(n / statistics.median(seconds), 1),
-        "tokens": tokens,
+        name: {
+            "tokens_per_s_best": round(n / min(times), 1),
+            "tokens_per_s_median": round(n / statistics.median(times), 1),
+            "tokens": tokens[name],
+        }
+        for name, times in seconds.items()
     }
 
 
@@ -107,16 +115,11 @@ def main() -> None:
         for dtype in ("f32", "q8_0"):
             files[dtype] = Path(tmp) / f"model-{dtype}.gguf"
             write_gguf(directory, files[dtype], dtype)
-        runs = {}
+        engines = {}
         for dtype in ("fp32", "bf16", "int8"):
             # The same weights, converted as `autarky serve --dtype` converts them (in place: a copy).
             served = model if dtype == "fp32" else prepare(copy.deepcopy(model), dtype)
-            runs[f"autarky {dtype}"] = timed(
-                lambda k, m=served: autarky_run(m, tok, prompt, k), args.repeats, n
-            )
-            print(
-                f"autarky {dtype:5} {runs[f'autarky {dtype}']['tokens_per_s_best']:8.1f} tokens/s", flush=True
-            )
+            engines[f"autarky {dtype}"] = lambda k, m=served: autarky_run(m, tok, prompt, k)
         for dtype, path in files.items():
             llm = llama_cpp.Llama(
                 str(path),
@@ -125,18 +128,16 @@ def main() -> None:
                 n_threads=torch.get_num_threads(),
                 verbose=False,
             )
-            runs[f"llama.cpp {dtype}"] = timed(lambda k, m=llm: llama_cpp_run(m, prompt, k), args.repeats, n)
-            print(
-                f"llama.cpp {dtype:5} {runs[f'llama.cpp {dtype}']['tokens_per_s_best']:8.1f} tokens/s",
-                flush=True,
-            )
-            del llm
+            engines[f"llama.cpp {dtype}"] = lambda k, m=llm: llama_cpp_run(m, prompt, k)
+        runs = timed(engines, args.repeats, n)
         sizes = {dtype: path.stat().st_size for dtype, path in files.items()}
 
     same = runs["autarky fp32"]["tokens"] == runs["llama.cpp f32"]["tokens"]
     for r in runs.values():
         del r["tokens"]
     best = {name: r["tokens_per_s_best"] for name, r in runs.items()}
+    for name, r in runs.items():
+        print(f"{name:16} {r['tokens_per_s_best']:8.1f} tokens/s (median {r['tokens_per_s_median']:.1f})")
     ratios = {
         "llama.cpp f32 / autarky fp32": round(best["llama.cpp f32"] / best["autarky fp32"], 2),
         "llama.cpp q8_0 / autarky int8": round(best["llama.cpp q8_0"] / best["autarky int8"], 2),
