@@ -125,7 +125,9 @@ def task_yaml(name: str, language: str) -> str:
         "doc_to_choice": "choices",
         "doc_to_target": "label",
         "target_delimiter": " ",
-        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+        "metric_list": [
+            {"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")
+        ],
         "metadata": {"language": language, "made_by": BUILDER},
     }
     import yaml
