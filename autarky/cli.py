@@ -406,7 +406,7 @@ def export_command(
 
     result = export(artifact.resolve(workdir, model, "model"), workdir, config, name=name, force=force)
     path = result.path / FILE
-    console.print(f"[green]export[/] {path}: {config.dtype}, {human_bytes(result.metrics['bytes'])}")
+    console.print(f"[green]export[/] {path}: {config.dtype}, {human_bytes(result.metrics.get('bytes', 0))}")
     console.print(f"[dim]llama.cpp: llama-cli -m {path}   Ollama: a Modelfile saying FROM {path}[/]")
 
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from autarky.cli import app
 from autarky.data.config import CurateConfig
 from autarky.data.executor import Executor
+from autarky.gguf import ExportConfig
 from autarky.options import default_of, flags_of
 from autarky.serve import ServeConfig
 from autarky.train import TrainConfig
@@ -29,6 +30,7 @@ VERBS = {
     "generate",
     "chat",
     "serve",
+    "export",
     "ls",
     "verify",
     "lineage",
@@ -126,6 +128,7 @@ CONFIGS = [
     (ServeConfig, "autarky.serve.serve", ["serve", "model"]),
     (CurateConfig, "autarky.data.curate.curate", ["curate", "src", "--json"]),
     (Executor, "autarky.data.curate.curate", ["curate", "src", "--json"]),
+    (ExportConfig, "autarky.gguf.export", ["export", "model"]),
 ]
 
 
