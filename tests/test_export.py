@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from autarky import artifact
 from autarky.console import UserError
-from autarky.generate import Completion, SamplingParams, stream
+from autarky.generate import Completion, SamplingParams, complete, stream
 from autarky.gguf import ExportConfig, export, rotary_pairs, write_gguf
 from autarky.model import apply_rotary, load_pretrained
 from autarky.tokenizer import Tokenizer
@@ -223,6 +223,13 @@ def test_llama_cpp_continues_a_prompt_exactly_as_autarky_generate_does(trained, 
         llm.metadata["tokenizer.chat_template"]
         == json.loads((trained.path / "tokenizer_config.json").read_text())["chat_template"]
     )
+    # llama.cpp renders the template it carries to the prompt our template makes, and answers the same.
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a list?"}]
+    chat = llm.create_chat_completion(messages=messages, max_tokens=8, temperature=0)
+    prompt_ids = tokenizer.apply_chat_template(messages)
+    assert chat["usage"]["prompt_tokens"] == len(prompt_ids)
+    answer = complete(model, tokenizer, prompt_ids, SamplingParams(temperature=0, max_tokens=8))
+    assert chat["choices"][0]["message"]["content"] == answer.text
 
     small = llama_cpp.Llama(str(exports["q8_0"].path / "model.gguf"), n_ctx=context, logits_all=True, **EXACT)
     tokens, logits = greedy_llama_cpp(small, prompt, 16, end_ids)
