@@ -130,6 +130,18 @@ def test_rotary_pairs_turn_the_halves_rotation_into_adjacent_pairs():
     assert torch.allclose(ggml_q @ ggml_k.transpose(-1, -2), hf_scores, atol=1e-4)
 
 
+def test_bf16_weights_stay_exact_in_a_bf16_file(trained, tmp_path):
+    directory = model_dir_copy(trained, tmp_path)
+    weights = {k: v.bfloat16() for k, v in load_file(str(directory / "model.safetensors")).items()}
+    save_file(weights, str(directory / "model.safetensors"))
+    write_gguf(directory, tmp_path / "bf16.gguf", "bf16")
+    _, tensors = fields(tmp_path / "bf16.gguf")
+    up = tensors["blk.2.ffn_up.weight"]
+    assert up.tensor_type == GGMLQuantizationType.BF16
+    bits = weights["model.layers.2.mlp.up_proj.weight"].view(torch.int16).numpy()
+    assert np.array_equal(up.data.view(np.int16).reshape(bits.shape), bits)
+
+
 def test_the_export_is_an_artifact_made_from_the_model(pipeline, trained, exports):
     made = exports["q8_0"]
     assert made.kind == "export" and made.path.parent.name == "export"
