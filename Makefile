@@ -40,6 +40,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/curate.py ../shared/corpora/ruslit
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/gguf_decode.py
+	$(BIN)/python bench/score.py
+	$(BIN)/python bench/import_memory.py
+	$(BIN)/python bench/sft.py
+	$(BIN)/python bench/eval.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check autarky tests bench
