@@ -414,8 +414,8 @@ def export_command(
 def demo(
     workdir: Path = workdir_option(),
     source: Path = typer.Option(None, help="Use your own documents instead of Python's documentation."),
-    minutes: float = typer.Option(7.0, help="Pretraining budget in minutes."),
-    sft_minutes: float = typer.Option(1.5, "--sft-minutes", help="Chat fine-tuning budget in minutes."),
+    minutes: float = typer.Option(8.0, help="Pretraining budget in minutes."),
+    sft_minutes: float = typer.Option(2.0, "--sft-minutes", help="Chat fine-tuning budget in minutes."),
     max_steps: int = typer.Option(
         100_000, "--max-steps", help="Stop pretraining and fine-tuning earlier at this many steps."
     ),

@@ -227,12 +227,12 @@ class DemoResult:
 def run_demo(
     workdir: Path,
     source: Path | None = None,
-    minutes: float = 7.0,
+    minutes: float = 8.0,
     max_steps: int = 100_000,
     vocab_size: int = 4096,
     preset: str = "tiny",
     prompt: str | None = None,
-    sft_minutes: float = 1.5,
+    sft_minutes: float = 2.0,
 ) -> DemoResult:
     from autarky.data.curate import curate
     from autarky.tokenizer import train_tokenizer
@@ -324,18 +324,24 @@ def _fine_tune(model: Artifact, chat: Artifact, workdir: Path, minutes: float, m
 
 
 def _exchange(chat_model: Artifact, chat: Artifact) -> list[tuple[str, str, str]]:
-    """The fine-tuned model's greedy answers to a question it was trained on and one held out."""
+    """The fine-tuned model's answers to a question it was trained on and one held out: with the
+    Python docs, "What does `json.dumps` do?" and the first held-out "Which module provides ...?"."""
     from autarky.data.chat import iter_conversations
     from autarky.generate import SamplingParams, complete
     from autarky.model import load_pretrained
     from autarky.tokenizer import Tokenizer
 
     tok, net = Tokenizer.load(chat_model.path), load_pretrained(chat_model.path)
+    # Greedy, with a frequency penalty: a small model left to pure argmax soon repeats itself.
+    params = SamplingParams(temperature=0.0, max_tokens=60, frequency_penalty=0.5)
     exchange = []
-    for label, split in (("seen in training", "train"), ("held out", "val")):
-        question = next(iter_conversations(chat, split))[0]
-        prompt = tok.apply_chat_template([question], add_generation_prompt=True)
-        answer = complete(net, tok, prompt, SamplingParams(temperature=0.0, max_tokens=80)).text
+    for label, split, wanted in (
+        ("seen in training", "train", "What does `json.dumps` do?"),
+        ("held out", "val", "Which module provides"),
+    ):
+        questions = [c[0] for c in iter_conversations(chat, split)]
+        question = next((q for q in questions if q["content"].startswith(wanted)), questions[0])
+        answer = complete(net, tok, tok.apply_chat_template([question]), params).text
         exchange.append((label, question["content"], answer.strip()))
     return exchange
 

@@ -258,7 +258,7 @@ def curate_chat(
         kept = _dedup(kept, dropped)
     per_source = Counter(row["source"] for row in kept)
     for entry in entries:
-        entry["kept"] = per_source[entry["path"]]
+        entry["documents"] = per_source[entry["path"]]  # the conversations kept, as lineage counts them
     if not kept:
         reasons = Counter(d["reason"] for d in dropped)
         raise UserError(
