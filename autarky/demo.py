@@ -222,6 +222,8 @@ class DemoResult:
     chat: Artifact
     chat_model: Artifact
     exchange: list[tuple[str, str, str]] = field(default_factory=list)  # (label, question, answer)
+    evaluation: Artifact | None = None
+    model_card: Artifact | None = None
 
 
 def run_demo(
@@ -263,9 +265,23 @@ def run_demo(
     chat = _curate_chat(chat_file, workdir)
     console.rule("[bold]7 · sft")
     chat_model = _fine_tune(model, chat, workdir, sft_minutes, max_steps)
+    exchange = _exchange(chat_model, chat)
+    console.rule("[bold]8 · eval and card")
+    evaluation, model_card = _account(chat_model, corpus, workdir)
     return DemoResult(
-        corpus, tokenizer, tokens, model, prompt, sample, chat, chat_model, _exchange(chat_model, chat)
+        corpus, tokenizer, tokens, model, prompt, sample, chat, chat_model, exchange, evaluation, model_card
     )
+
+
+def _account(model: Artifact, corpus: Artifact, workdir: Path) -> tuple[Artifact, Artifact]:
+    """What the model is worth (bits per byte, the built-in English suite) and its card and ML-BOM."""
+    from autarky.card import CardConfig, card
+    from autarky.evaluate.config import EvalConfig, SuiteConfig
+    from autarky.evaluate.stage import evaluate
+
+    suite = SuiteConfig(suite_items=100, suite_languages=["en"])
+    evaluation = evaluate(model, workdir, [corpus], config=EvalConfig(bpb_tokens=20_000), suite=suite)
+    return evaluation, card(model, workdir, CardConfig())
 
 
 def _pretrain(tokens: Artifact, workdir: Path, preset: str, minutes: float, max_steps: int) -> Artifact:
@@ -400,3 +416,8 @@ def print_result(result: DemoResult) -> None:
     console.print(f"\n[bold]chat[/] with {result.chat_model.kind}/{result.chat_model.name} (greedy)")
     for label, question, answer in result.exchange:
         console.print(f"[dim]({label})[/]\n[bold]you>[/] {question}\n[bold]model>[/] [cyan]{answer}[/]")
+    if result.evaluation is not None and result.model_card is not None:
+        console.print(f"\n[bold]eval[/] {result.evaluation.path}: {result.evaluation.metrics}")
+        console.print(
+            f"[bold]card[/] {result.model_card.path} (README.md, bom.cdx.json, training-content-summary.md)"
+        )

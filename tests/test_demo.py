@@ -64,7 +64,12 @@ def test_demo_runs_the_whole_pipeline_then_reuses_it(tmp_path):
     assert "source files" in first.stderr and "model>" in first.stderr.split("chat with")[1]
     finished, unfinished = artifact.list_workspace(workdir)
     kinds = sorted(a.kind for a in finished)
-    assert kinds == ["chat", "corpus", "model", "model", "tokenizer", "tokens"] and not unfinished
+    made = ["card", "chat", "corpus", "eval", "model", "model", "tokenizer", "tokens"]
+    assert (
+        [k for k in kinds if k != "tasks"] == made and not unfinished and "8 · eval and card" in first.stderr
+    )
+    card = next(a for a in finished if a.kind == "card")
+    assert (card.path / "bom.cdx.json").is_file() and artifact.verify(card.path)[1] == []
     chat_model = next(a for a in finished if a.kind == "model" and a.inputs("chat"))
     assert artifact.verify(chat_model.path)[1] == []
     second = _demo(workdir, source)
