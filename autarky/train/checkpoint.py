@@ -152,3 +152,18 @@ def _is_record(record) -> bool:
         and record["step"] >= 0
         and all(type(v) in (int, float) for v in record.values())
     )
+
+
+def history_log(run_dir: Path, history: list[dict]):
+    """Rewrite the run's `metrics.jsonl` as `history` (a resumed run drops what came after its
+    checkpoint) and return the callback `fit` appends its records with."""
+    from autarky.artifact import write_atomic
+
+    path = run_dir / HISTORY
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in history))
+
+    def log(records: list[dict]) -> None:
+        with open(path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
+    return log

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from autarky import artifact
-from autarky.artifact import Artifact, sha256_file, write_atomic
+from autarky.artifact import Artifact, sha256_file
 from autarky.console import UserError, console
 from autarky.evaluate import bits_per_byte, token_byte_lengths
 from autarky.machine import best_device
@@ -34,6 +34,7 @@ from autarky.train.checkpoint import (
     CHECKPOINT,
     HISTORY,
     PICKLED_CHECKPOINT,
+    history_log,
     load_checkpoint,
     read_history,
     save_checkpoint,
@@ -90,12 +91,7 @@ def train(
         return found
     run = prepare(builder.dir, tokens, tokenizer, config, resume, force, init)
     with builder:
-        history = builder.dir / HISTORY
-        write_atomic(history, "".join(json.dumps(r) + "\n" for r in run.progress.history))
-
-        def log(records: list[dict]) -> None:
-            with open(history, "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
+        log = history_log(builder.dir, run.progress.history)
 
         def checkpoint(step: int, elapsed: float) -> None:
             save_checkpoint(builder.dir / CHECKPOINT, run.model, run.optimizer, step, elapsed, config)

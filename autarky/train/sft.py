@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from autarky import artifact
-from autarky.artifact import Artifact, write_atomic
+from autarky.artifact import Artifact
 from autarky.console import UserError, console
 from autarky.data.chat import count_conversations, iter_conversations
 from autarky.evaluate.bpb import score_batches, token_byte_lengths
@@ -41,7 +41,14 @@ from autarky.lora import add_lora, merge_lora, save_adapter
 from autarky.machine import best_device
 from autarky.model import Llama, load_pretrained, save_pretrained
 from autarky.tokenizer import Tokenizer
-from autarky.train.checkpoint import CHECKPOINT, HISTORY, load_checkpoint, read_history, save_checkpoint
+from autarky.train.checkpoint import (
+    CHECKPOINT,
+    HISTORY,
+    history_log,
+    load_checkpoint,
+    read_history,
+    save_checkpoint,
+)
 from autarky.train.config import SFTConfig
 from autarky.train.loop import Progress, autocast_for, fit
 from autarky.train.pretrain import TOKENIZER_FILES, plot_losses, settle_run_dir
@@ -200,12 +207,7 @@ def sft(
         return found
     run = prepare(builder.dir, model, chat, config, resume, force)
     with builder:
-        history = builder.dir / HISTORY
-        write_atomic(history, "".join(json.dumps(r) + "\n" for r in run.progress.history))
-
-        def log(records: list[dict]) -> None:
-            with open(history, "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
+        log = history_log(builder.dir, run.progress.history)
 
         def checkpoint(step: int, elapsed: float) -> None:
             save_checkpoint(builder.dir / CHECKPOINT, run.trainable, run.optimizer, step, elapsed, config)
