@@ -42,6 +42,21 @@ class Progress:
     tokens_per_s: float | None = None
 
 
+def run_metrics(progress: Progress, config: TrainConfig) -> dict:
+    """What every trained model's manifest reports of its run (the last step is always evaluated)."""
+    train_losses = [h["loss"] for h in progress.history if "loss" in h]
+    evaluations = [h for h in progress.history if "val_loss" in h]
+    return {
+        "tokens_seen": progress.step * config.batch_size * config.seq_len * config.grad_accum,
+        "train_seconds": round(progress.elapsed, 2),
+        "tokens_per_s": round(progress.tokens_per_s, 1) if progress.tokens_per_s else None,
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "initial_val_loss": evaluations[0]["val_loss"],
+        "val_loss": evaluations[-1]["val_loss"],
+        "val_bpb": evaluations[-1]["val_bpb"],
+    }
+
+
 def autocast_for(precision: str, device: torch.device) -> Callable[[], AbstractContextManager]:
     """A context factory for the forward pass: bf16 autocast, or nothing for fp32."""
     if precision == "bf16":

@@ -40,7 +40,7 @@ from autarky.train.checkpoint import (
     save_checkpoint,
 )
 from autarky.train.config import TrainConfig
-from autarky.train.loop import Batches, Progress, autocast_for, fit
+from autarky.train.loop import Batches, Progress, autocast_for, fit, run_metrics
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -216,20 +216,11 @@ def seal(
         settings = json.loads(tokenizer_config.read_text())
         settings["model_max_length"] = model.config.max_position_embeddings
         tokenizer_config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
-    history = progress.history
-    plot_losses(history, directory / "loss.png")
-    train_losses = [h["loss"] for h in history if "loss" in h]
-    evaluations = [h for h in history if "val_loss" in h]  # the last step is always evaluated
+    plot_losses(progress.history, directory / "loss.png")
     builder.metrics = {
         "parameters": model.num_params(),
         "steps": progress.step,
-        "tokens_seen": progress.step * config.batch_size * config.seq_len * config.grad_accum,
-        "train_seconds": round(progress.elapsed, 2),
-        "tokens_per_s": round(progress.tokens_per_s, 1) if progress.tokens_per_s else None,
-        "final_train_loss": train_losses[-1] if train_losses else None,
-        "initial_val_loss": evaluations[0]["val_loss"],
-        "val_loss": evaluations[-1]["val_loss"],
-        "val_bpb": evaluations[-1]["val_bpb"],
+        **run_metrics(progress, config),
     }
     # A sealed model holds weights, not optimizer state: a third of the bytes, and identical runs,
     # resumed or not, give identical files and so the same id.

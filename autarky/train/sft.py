@@ -50,7 +50,7 @@ from autarky.train.checkpoint import (
     save_checkpoint,
 )
 from autarky.train.config import SFTConfig
-from autarky.train.loop import Progress, autocast_for, fit
+from autarky.train.loop import Progress, autocast_for, fit, run_metrics
 from autarky.train.pretrain import TOKENIZER_FILES, plot_losses, settle_run_dir
 
 IGNORE = -100  # the target of a token that carries no loss
@@ -347,10 +347,7 @@ def seal(
     for f in MODEL_FILES:
         if (model.path / f).is_file():
             shutil.copy2(model.path / f, directory / f)
-    history = progress.history
-    plot_losses(history, directory / "loss.png")
-    train_losses = [h["loss"] for h in history if "loss" in h]
-    evaluations = [h for h in history if "val_loss" in h]
+    plot_losses(progress.history, directory / "loss.png")
     rows = run.train_rows
     builder.metrics = {
         "parameters": lm.num_params(),
@@ -362,14 +359,8 @@ def seal(
         "rows": len(rows),
         "assistant_tokens": int((rows.targets != IGNORE).sum()),
         "packing": round(rows.tokens / rows.inputs.numel(), 4),  # the share of row slots holding tokens
-        "tokens_seen": progress.step * config.batch_size * config.seq_len * config.grad_accum,
         "epochs": round(progress.step * config.batch_size * config.grad_accum / len(rows), 3),
-        "train_seconds": round(progress.elapsed, 2),
-        "tokens_per_s": round(progress.tokens_per_s, 1) if progress.tokens_per_s else None,
-        "final_train_loss": train_losses[-1] if train_losses else None,
-        "initial_val_loss": evaluations[0]["val_loss"],
-        "val_loss": evaluations[-1]["val_loss"],
-        "val_bpb": evaluations[-1]["val_bpb"],
+        **run_metrics(progress, config),
     }
     (directory / CHECKPOINT).unlink(missing_ok=True)
     return builder.finish()
