@@ -116,8 +116,8 @@ def _received(monkeypatch, cls, target: str, argv: list[str]):
         return SimpleNamespace(metrics=metrics, path=Path("x"), name="x")
 
     monkeypatch.setattr(target, stage)
-    monkeypatch.setattr("autarky.cli.artifact.resolve", lambda *a: SimpleNamespace(path=Path("x")))
-    monkeypatch.setattr("autarky.cli._model_dir", lambda *a: Path("x"))
+    monkeypatch.setattr("autarky.artifact.resolve", lambda *a: SimpleNamespace(path=Path("x")))
+    monkeypatch.setattr("autarky.cli.models._model_dir", lambda *a: Path("x"))
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     return seen[cls.__name__]

@@ -1,0 +1,3 @@
+from autarky.cli import main
+
+main()

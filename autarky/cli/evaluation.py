@@ -1,0 +1,196 @@
+"""Verbs that judge and document a model: eval, card, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from autarky import artifact
+from autarky.card import CardConfig
+from autarky.cli.common import PIPELINE, WORKSPACE, app, workdir_option
+from autarky.console import UserError, console
+from autarky.evaluate.config import EvalConfig, SuiteConfig
+from autarky.options import with_config
+
+# ---------------------------------------------------------------- evaluation and report
+
+
+def _task_refs(values: list[str], workdir: Path) -> list:
+    """Each --tasks value as a tasks artifact when it names one, else as a task file or directory."""
+    refs = []
+    for value in values:
+        named = (Path(value), workdir / value, workdir / "tasks" / value)
+        if any((p / artifact.MANIFEST).is_file() for p in named):
+            refs.append(artifact.resolve(workdir, value, "tasks"))
+        elif Path(value).exists():
+            refs.append(Path(value))
+        else:
+            raise UserError(
+                f"--tasks {value}: no tasks artifact, task YAML or directory of them by that name"
+            )
+    return refs
+
+
+def _print_eval(result) -> None:
+    m = result.metrics
+    table = Table(
+        title=f"eval {result.name}", caption="bits per byte on each corpus's val split; tasks zero-shot"
+    )
+    for column in ("measure", "group", "value"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for corpus, bpb in m["bpb"].items():
+        table.add_row(f"bits/byte {corpus}", "all", f"{bpb:.4f}" if bpb is not None else "-")
+        for lang, value in m["bpb_by_language"][corpus].items():
+            table.add_row("", lang, f"{value:.4f}" if value is not None else "-")
+    for task, metrics in m["tasks"].items():
+        for metric, value in metrics.items():
+            if not metric.endswith("_stderr"):
+                table.add_row(task, metric, f"{value:.4f}")
+    console.print(table)
+    for sample in json.loads((result.path / "results.json").read_text())["samples"]:
+        console.print(f"[dim]sample:[/] [bold]{escape(sample['prompt'])}[/]{escape(sample['completion'])}")
+    console.print(f"[green]eval[/] {result.path}  (results.json, samples/, eval.png)")
+
+
+def _print_compare(workdir: Path, plot: Path | None) -> None:
+    from autarky.evaluate.stage import compare, plot_compare
+
+    measures, rows = compare(workdir)
+    if not rows:
+        console.print(
+            f"{workdir} holds no eval artifacts yet; [bold]autarky eval MODEL --corpus C[/] makes one"
+        )
+        return
+    table = Table(
+        title=f"every evaluated model in {workdir}", caption="bpb: lower is better; tasks: acc or exact match"
+    )
+    for column in ("model", "eval", *measures):
+        table.add_column(column, justify="left" if column in ("model", "eval") else "right")
+    for r in rows:
+        values = [f"{r['scores'][m]:.4f}" if m in r["scores"] else "-" for m in measures]
+        table.add_row(r["model"], r["eval"], *values)
+    console.print(table)
+    plot = plot or workdir / "eval-compare.png"
+    plot_compare(measures, rows, plot)
+    console.print(f"chart: {plot}")
+
+
+@app.command("eval", rich_help_panel=PIPELINE)
+@with_config(SuiteConfig, "suite_config")
+@with_config(EvalConfig)
+def eval_command(
+    model: str = typer.Argument(None, help="A model artifact: path or name (not needed with --compare)."),
+    corpus: list[str] = typer.Option(
+        [],
+        "--corpus",
+        help="A corpus whose val split is scored for bits per byte, per source and language. Repeatable.",
+    ),
+    tasks: list[str] = typer.Option(
+        [],
+        "--tasks",
+        help="A tasks artifact, an lm-eval task YAML (with its JSONL) or a directory of them. Repeatable.",
+    ),
+    suite: bool = typer.Option(
+        True,
+        "--suite/--no-suite",
+        help="Also make the built-in tasks from each --corpus (next sentence, cloze) and score them.",
+    ),
+    compare: bool = typer.Option(
+        False,
+        "--compare",
+        help="Print every evaluated model in the workspace side by side, and chart them to --plot.",
+    ),
+    plot: Path = typer.Option(
+        None, "--plot", help="Where --compare writes its chart (default: <workdir>/eval-compare.png)."
+    ),
+    name: str = typer.Option(None, "--name", help="Artifact name (default: eval-<model>-<recipe hash>)."),
+    workdir: Path = workdir_option(),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json."),
+    config: EvalConfig = None,
+    suite_config: SuiteConfig = None,
+) -> None:
+    """Score a model: bits per byte on held-out text, multiple-choice and generation tasks, fixed-prompt samples.
+
+    Tasks are lm-evaluation-harness YAML files read from disk; --corpus also makes a built-in suite
+    (Russian and English next-sentence and cloze choice) from that corpus's held-out text.
+
+    Example: [bold]autarky eval demo-model --corpus ruslit-1a2b3c4d --tasks my-tasks/ --limit 100[/]
+    """
+    if compare:
+        _print_compare(workdir, plot)
+        return
+    if model is None:
+        raise UserError("name the model to evaluate, or pass --compare")
+    from autarky.evaluate.stage import evaluate
+
+    result = evaluate(
+        artifact.resolve(workdir, model, "model"),
+        workdir,
+        corpora=[artifact.resolve(workdir, c, "corpus") for c in corpus],
+        tasks=_task_refs(tasks, workdir),
+        config=config,
+        suite=suite_config if suite else None,
+        name=name,
+        force=force,
+    )
+    if as_json:
+        print((result.path / "results.json").read_text(), end="")
+        return
+    _print_eval(result)
+
+
+@app.command("card", rich_help_panel=PIPELINE)
+@with_config(CardConfig)
+def card_command(
+    model: str = typer.Argument(..., help="A model artifact: path or name."),
+    name: str = typer.Option(None, "--name", help="Artifact name (default: <model>-<recipe hash>)."),
+    workdir: Path = workdir_option(),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+    config: CardConfig = None,
+) -> None:
+    """Write a model card, a CycloneDX ML-BOM and the EU training-content summary from the model's lineage.
+
+    The card's inputs are the model and every eval of it in the workspace; a lineage that does not
+    verify gets no card. What no manifest can tell is marked "to fill in", for a person.
+
+    Example: [bold]autarky card demo-model --provider "Example Ltd" --license apache-2.0[/]
+    """
+    from autarky.card import card
+
+    result = card(artifact.resolve(workdir, model, "model"), workdir, config, name=name, force=force)
+    left = result.metrics.get("to_fill_in", {})
+    for f in ("README.md", "bom.cdx.json", "training-content-summary.md"):
+        note = f"  [yellow]{left[f]} field(s) for a person to fill in[/]" if left.get(f) else ""
+        console.print(f"  {result.path / f}{note}")
+    m = result.metrics
+    console.print(f"[green]card[/] {result.path}: {m.get('evals', 0)} eval(s), BOM {m.get('serial_number')}")
+
+
+@app.command(rich_help_panel=WORKSPACE)
+def report(
+    model: str = typer.Argument(..., help="A model artifact: path or name."),
+    name: str = typer.Option(None, "--name", help="Artifact name (default: report-<model>-<recipe hash>)."),
+    workdir: Path = workdir_option(),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+) -> None:
+    """One page on a model from its manifests: curation counts, tokenizer fertility, training curve, evaluations.
+
+    Written as a report artifact (report.md and its PNG charts) and printed.
+
+    Example: [bold]autarky report demo-model[/]
+    """
+    from rich.markdown import Markdown
+
+    from autarky.evaluate.report import make_report
+
+    result = make_report(artifact.resolve(workdir, model, "model"), workdir, name=name, force=force)
+    console.print(Markdown((result.path / "report.md").read_text(encoding="utf-8")))
+    console.print(f"[green]report[/] {result.path}  (report.md and its charts)")
+
+
+# --help lists the verbs in the order a user meets them, whatever order they are defined in above.
