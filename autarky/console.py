@@ -13,7 +13,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False)  # progress, warnings, errors: what a person watches
+out = Console(highlight=False)  # results (tables, paths, lineage, next commands): what `| grep` and `> file` get
 
 
 class UserError(Exception):
