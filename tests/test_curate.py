@@ -180,12 +180,12 @@ def test_missing_and_empty_inputs_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         curate([tmp_path / "nope"], work)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no readable files"):
+    with pytest.raises(UserError, match="read 0 documents: there are no files in"):
         curate([tmp_path / "empty"], work)
     blank = tmp_path / "blank"
     blank.mkdir()
     (blank / "a.txt").write_text("   \n")
-    with pytest.raises(UserError, match="no document survived"):
+    with pytest.raises(UserError, match=r"read 1 document from 1 file and kept none: dropped 1 read/empty"):
         curate([blank], work, workers=1)
     assert not (work / "corpus").exists() or not any(p for p in (work / "corpus").iterdir())
 
@@ -232,7 +232,7 @@ def test_cli_curate_with_tags_and_languages(tmp_path, monkeypatch, capsys):
         cli.main()
     except SystemExit as e:  # click's standalone mode exits even on success
         assert e.code in (0, None)
-    metrics = json.loads(capsys.readouterr().out)
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
     assert metrics["documents_kept"] == 1 and metrics["dropped"] == {"language": {"language_not_allowed": 1}}
     (corpus,) = (tmp_path / "w" / "corpus").iterdir()
     (row,) = [d for split in ("train", "val") for d in iter_documents(corpus, split, ("lang", "tags"))]

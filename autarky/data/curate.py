@@ -45,7 +45,7 @@ from autarky.data.filters import FineWebQuality, GopherQuality, GopherRepetition
 from autarky.data.langid import LanguageFilter
 from autarky.data.normalize import Normalize
 from autarky.data.pii import RedactPII
-from autarky.data.read import ReadCheck, Source, SourceError, find_sources, read_source
+from autarky.data.read import ReadCheck, Source, SourceError, find_sources, not_read, plural, read_source
 from autarky.data.steps import GlobalStep, Step, StepStats, add_stats, run_steps
 
 PART_SCHEMA = SCHEMA.append(pa.field("_source", pa.int32())).append(pa.field("_hash", pa.binary(16)))
@@ -533,7 +533,7 @@ def _assemble(
         writer.write_part(parts, summary)
     lengths = writer.close()
     counts = {"train": writer.train.count, "val": writer.val.count, "dropped": writer.dropped.count}
-    metrics = _metrics(found, per_source, counts, errors, stats)
+    metrics = _metrics(found, per_source, counts, errors, skipped, stats)
     metrics["bytes_kept"] = int(lengths.sum())
     metrics["languages"] = _languages(pa.chunked_array(writer.langs, pa.string()), lengths)
     metrics["files_skipped"] = len(skipped)
@@ -548,8 +548,35 @@ def _assemble(
     return metrics, lengths.tolist()
 
 
+# The setting that decides what a step drops, for the message of a run that kept nothing.
+DROP_WAY_OUT = {
+    "language": "--lang chooses the languages kept",
+    "gopher_quality": "--quality off turns the quality heuristics off",
+    "gopher_repetition": "--quality off turns the quality heuristics off",
+    "fineweb_quality": "--quality off turns the quality heuristics off",
+}
+
+
+def _nothing_kept(
+    documents_in: int, files: int, by_reason: dict, skipped: list[dict], errors: list[dict]
+) -> str:
+    """Why a run kept no document, and what to change: one sentence for the user."""
+    dropped = ", ".join(f"{n} {step}/{r}" for step, rs in by_reason.items() for r, n in rs.items())
+    clauses = [f"dropped {dropped}"] if dropped else []
+    if skipped or errors:
+        clauses.append(not_read(skipped, errors))
+    clauses += sorted({DROP_WAY_OUT[step] for step in by_reason if step in DROP_WAY_OUT})
+    read = f"read {plural(documents_in, 'document')} from {plural(files + len(skipped), 'file')}"
+    return f"{read} and kept none: " + "; ".join(clauses)
+
+
 def _metrics(
-    found: list[Source], per_source: list[dict], counts: dict, errors: list[dict], stats: dict[str, StepStats]
+    found: list[Source],
+    per_source: list[dict],
+    counts: dict,
+    errors: list[dict],
+    skipped: list[dict],
+    stats: dict[str, StepStats],
 ) -> dict:
     """The manifest's accounting; checks that every document read was kept or dropped."""
     by_reason: dict[str, dict[str, int]] = {}
@@ -563,13 +590,7 @@ def _metrics(
     if documents_in != kept + counts["dropped"]:  # the pipeline's own invariant, not a user error
         raise AssertionError(f"accounting: {documents_in} read != {kept} kept + {counts['dropped']} dropped")
     if kept == 0:
-        reasons_text = ", ".join(f"{n} {step}/{r}" for step, rs in by_reason.items() for r, n in rs.items())
-        raise UserError(
-            f"no document survived curation ({documents_in} read"
-            + (f"; dropped: {reasons_text}" if reasons_text else "")
-            + (f"; {len(errors)} file(s) could not be read" if errors else "")
-            + ")"
-        )
+        raise UserError(_nothing_kept(documents_in, len(found), by_reason, skipped, errors))
     return {
         "documents_in": documents_in,
         "documents_kept": kept,

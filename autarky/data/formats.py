@@ -106,10 +106,36 @@ def suffix_of(name: str) -> str:
     return ""
 
 
+# Names of plain-text documents that often come without a suffix, or with one that names no format
+# (README.Debian, COPYING.LIB, LICENSE.MIT): read as text when their bytes are text.
+DOCUMENT_NAMES = frozenset(
+    "README READ.ME AUTHORS COPYING COPYRIGHT LICENSE LICENCE NOTICE NEWS CHANGES CHANGELOG HISTORY "
+    "INSTALL THANKS TODO CONTRIBUTORS CONTRIBUTING MAINTAINERS CREDITS BUGS FAQ".split()
+)
+
+
+def plain_name(name: str) -> bool:
+    """Whether a file name with no known suffix may still be a text document: no suffix at all
+    (`AUTHORS`, `syslog`), or a well-known document name (`COPYING.LIB`). Its bytes decide."""
+    base = name.rsplit("/", 1)[-1]
+    return not suffix_of(base) and ("." not in base or base.split(".")[0].upper() in DOCUMENT_NAMES)
+
+
+def sniff(head: bytes) -> str:
+    """Why the first bytes of a plain-named file are no document ('' when they are text): a program or
+    image (`binary`), or a private key such as `id_rsa`, which no corpus should hold."""
+    if looks_binary(head):
+        return "binary"
+    if b"PRIVATE KEY-----" in head[:4096]:
+        return "private key"
+    return ""
+
+
 def dispatch(data: bytes, name: str, reading: Reading) -> Triples:
-    """(key, text, meta) for each document in `data`, by the reader its file name calls for."""
+    """(key, text, meta) for each document in `data`, by the reader its file name calls for; a name
+    no reader claims (a file named on its own, `x.log.gz`'s inner name) is read as plain text."""
     suffix = suffix_of(name)
-    read = READERS.get(suffix, read_text)
+    read = READERS.get(suffix, read_plain)
     for key, text, meta in read(data, name, reading):
         meta.setdefault("format", suffix.lstrip(".") or "text")
         yield key, text, meta
@@ -118,7 +144,7 @@ def dispatch(data: bytes, name: str, reading: Reading) -> Triples:
 # ------------------------------------------------------------------ text and JSON lines
 
 
-@reader(".txt", ".md", ".markdown", ".text", ".rst")
+@reader(".txt", ".md", ".markdown", ".text", ".rst", ".log")
 def read_text(data: bytes, name: str, reading: Reading) -> Triples:
     """A plain text file is one document."""
     if looks_binary(data):
@@ -167,6 +193,9 @@ def _read_limited(stream, what: str, reading: Reading) -> bytes:
 
 
 def _member_triples(data: bytes, member: str, reading: Reading) -> Triples:
+    if plain_name(member) and (why := sniff(data[:8192])):
+        reading.skip(member, why)
+        return
     reading.within.append(member)
     try:
         for key, text, meta in dispatch(data, member, reading):
@@ -194,7 +223,7 @@ def member_name(name: str) -> tuple[str, str]:
         return clean, "'..' in its path in the archive"
     if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
         return clean, "hidden or metadata member"
-    if not suffix_of(parts[-1]):
+    if not suffix_of(parts[-1]) and not plain_name(parts[-1]):
         return clean, "unknown file type"
     return clean, ""
 
@@ -508,12 +537,20 @@ def roff_to_text(source: str) -> str:
     return text.strip()
 
 
+_ROFF_MARKERS = re.compile(r"^[.'](TH|SH|Dd|Dt)\b", re.M)
+
+
 @reader(".man", ".1", ".2", ".3", ".4", ".5", ".6", ".7", ".8", ".9")
-def read_man(data: bytes, name: str, reading: Reading) -> Triples:
+def read_plain(data: bytes, name: str, reading: Reading) -> Triples:
+    """A man page when its text has roff's markers (`.TH`, `.SH`), else plain text: `syslog.1` is a
+    rotated log, not a page of section 1, and a page may come without a suffix."""
+    if looks_binary(data):
+        raise SourceError("binary data, not text")
     text, encoding = decode(data)
-    if not re.search(r"^[.'](TH|SH|Dd|Dt)\b", text, re.M):
-        raise SourceError("not a man page (no .TH or .SH request)")
-    yield "", roff_to_text(text), {"encoding": encoding, "format": "man"}
+    if _ROFF_MARKERS.search(text):
+        yield "", roff_to_text(text), {"encoding": encoding, "format": "man"}
+    else:
+        yield "", text, {"encoding": encoding, "format": "text"}
 
 
 # ------------------------------------------------------------------ web archives

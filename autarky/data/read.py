@@ -21,10 +21,19 @@ from pathlib import Path
 from autarky.artifact import sha256_file
 from autarky.console import UserError
 from autarky.data.document import Document, document_id, valid_unicode
-from autarky.data.formats import READERS, Reading, ReadOptions, SourceError, dispatch, suffix_of
+from autarky.data.formats import (
+    READERS,
+    Reading,
+    ReadOptions,
+    SourceError,
+    dispatch,
+    plain_name,
+    sniff,
+    suffix_of,
+)
 from autarky.data.steps import Filter
 
-__all__ = ["ReadCheck", "ReadOptions", "Source", "SourceError", "find_sources", "read_source"]
+__all__ = ["ReadCheck", "ReadOptions", "Source", "SourceError", "find_sources", "not_read", "read_source"]
 
 MAX_FILE_BYTES = 1 << 30  # one source file as it lies on disk
 NOT_FOLLOWED = "link out of the source tree, not followed (--follow-links reads it)"
@@ -90,6 +99,21 @@ def _literal_root(pattern: Path) -> Path:
     return root
 
 
+def _kind_of(path: Path) -> str:
+    """'' for a file some reader takes, else why it is passed over: a name no reader claims is read
+    only when it is a plain name (`README`, `COPYING.LIB`) and its first bytes are text (formats.sniff)."""
+    if suffix_of(path.name):
+        return ""
+    if not plain_name(path.name):
+        return "unknown file type"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError:
+        return ""  # hashing it will say why it cannot be read
+    return sniff(head)
+
+
 def expand(path: Path, follow_links: bool = False) -> tuple[list[Path], list[dict]]:
     """The files to read under one argument, and those passed over: [{path, reason}].
 
@@ -117,7 +141,7 @@ def expand(path: Path, follow_links: bool = False) -> tuple[list[Path], list[dic
     files: list[Path] = []
     skipped: list[dict] = []
     for f, reason in found:
-        reason = reason or ("" if suffix_of(f.name) else "unknown file type")
+        reason = reason or _kind_of(f)
         if reason:
             skipped.append({"path": valid_unicode(f.as_posix()), "reason": reason})
         else:
@@ -176,10 +200,45 @@ def find_sources(
         seen[sha] = copy + 1
         sources.append(Source(name, sha, size, copy, tuple(sorted(file_tags.items())), location))
     if not sources:
+        files = len(skipped) + len(errors)
+        where = ", ".join(map(str, paths))
+        if not files:
+            raise UserError(f"read 0 documents: there are no files in {where}")
         raise UserError(
-            f"found no readable files in {', '.join(map(str, paths))} (it reads {', '.join(sorted(READERS))})"
+            f"read 0 documents from {plural(files, 'file')} in {where}: {not_read(skipped, errors)}"
         )
     return sources, skipped, errors
+
+
+# What to do about each reason a file is passed over (the link reasons name their flag themselves).
+WAY_OUT = {
+    "unknown file type": "curate reads files by suffix ({suffixes}); "
+    "rename such a file or name it on its own to read it as text",
+    "binary": "binary files hold no text to read: convert them to text first (pdftotext, pandoc)",
+    "hidden": "hidden files and directories are passed over: name one on its own to read it",
+}
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def not_read(skipped: list[dict], errors: list[dict]) -> str:
+    """How many files were not read, by reason, and the way out of each reason: one clause for a message."""
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s["reason"]] = counts.get(s["reason"], 0) + 1
+    parts = []
+    if skipped:
+        by_reason = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        parts.append(f"{len(skipped)} skipped ({by_reason})")
+    if errors:
+        first = f"{errors[0]['path']}: {errors[0]['reason']}"
+        parts.append(f"{len(errors)} could not be read ({first}{', …' if len(errors) > 1 else ''})")
+    hints = [
+        WAY_OUT[reason].format(suffixes=" ".join(sorted(READERS))) for reason in counts if reason in WAY_OUT
+    ]
+    return "; ".join(parts + hints)
 
 
 # ------------------------------------------------------------------ reading one source

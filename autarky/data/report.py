@@ -129,6 +129,8 @@ def summary_table(metrics: dict, title: str) -> Table:
     table.add_column("documents", justify="right")
     table.add_column("", justify="right")
     table.add_row("read", f"{m['documents_in']:,}", _mb(m["bytes_in"]) + f" in {m['files_read']} files")
+    for reason, n in m.get("skipped_by_reason", {}).items():
+        table.add_row(f"[yellow]skipped[/] {reason}", "", f"{n:,} file" + ("s" if n != 1 else ""))
     table.add_row("[green]kept[/]", f"{m['documents_kept']:,}", _mb(m["bytes_kept"]))
     table.add_row("  train / val", f"{m['splits']['train']:,} / {m['splits']['val']:,}", "")
     for step, reasons in m["dropped"].items():
