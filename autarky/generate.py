@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from autarky.console import UserError
-from autarky.model import KVCache, Llama
+from autarky.model import Llama
+from autarky.runner import Runner, TorchRunner
 from autarky.tokenizer import Tokenizer
 
 # A temperature below this samples greedily, as vLLM does: the distribution is one-hot to float
@@ -161,11 +162,12 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    capped: bool = False  # whether the model's context allowed fewer tokens than asked for
 
 
 @torch.no_grad()
 def stream(
-    model: Llama,
+    model: Llama | Runner,
     tokenizer: Tokenizer,
     prompt_ids: list[int],
     params: SamplingParams,
@@ -174,43 +176,67 @@ def stream(
 ) -> Iterator[str]:
     """Yield text pieces as they are generated; fill `completion` with the ids and finish reason.
 
-    The text rules (stop tokens and strings, hold-back, finish reason) are `TextPolicy`'s, the
-    same as the serving engine's.
+    `model` is a PyTorch model or a one-slot runner (`autarky.llamacpp.LlamaCppRunner`): the
+    sampling and the text rules (stop tokens and strings, hold-back, finish reason) are the same
+    for both, and the same as the serving engine's (`TextPolicy`).
     """
     params.validate()
     done = completion if completion is not None else Completion()
     done.prompt_tokens = len(prompt_ids)
-    context = model.config.max_position_embeddings
+    context = model.config.max_position_embeddings if isinstance(model, Llama) else model.context
     if not prompt_ids:
         prompt_ids = [tokenizer.bos_id]
     if len(prompt_ids) >= context:
         raise UserError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {context}")
     max_new = min(params.max_tokens, context - len(prompt_ids))
-    device = next(model.parameters()).device
+    done.capped = max_new < params.max_tokens
+    advance = _recompute(model, prompt_ids) if not use_cache else _cached(model, prompt_ids, max_new)
+    logits = advance(None)
+    device = logits.device
     generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
     policy = TextPolicy(tokenizer, params.stop, max_new)
     done.token_ids = policy.token_ids
-    counts = torch.zeros(model.config.vocab_size, device=device)
-    cache = (
-        KVCache(
-            model.config, 1, len(prompt_ids) + max_new, device=device, dtype=next(model.parameters()).dtype
-        )
-        if use_cache
-        else None
-    )
-    ids = torch.tensor([prompt_ids], device=device)
+    counts = torch.zeros(logits.shape[-1], device=device)
     while policy.finish_reason is None:
-        if cache is None:  # recompute the whole sequence: only the benchmark's reference does this
-            ids = torch.tensor([prompt_ids + policy.token_ids], device=device)
-        logits, _ = model(ids, cache=cache, last_only=True)
-        logits = apply_penalties(logits[:, -1], counts, params.presence_penalty, params.frequency_penalty)
+        logits = apply_penalties(logits[None], counts, params.presence_penalty, params.frequency_penalty)
         token = int(sample(logits, params, generator))
         if policy.accept(token):
             counts[token] += 1
-            ids = torch.tensor([[token]], device=device)
+            if policy.finish_reason is None:
+                logits = advance(token)
         if piece := policy.take():
             yield piece
     done.text, done.finish_reason = policy.text, policy.finish_reason
+
+
+def _cached(model: Llama | Runner, prompt_ids: list[int], max_new: int) -> Callable:
+    """advance(None) gives the logits after the prompt, advance(token) those after one more token."""
+    runner = TorchRunner(model, 1, len(prompt_ids) + max_new) if isinstance(model, Llama) else model
+
+    def advance(token: int | None) -> torch.Tensor:
+        if token is not None:
+            return runner.decode([token])[0].float()
+        runner.clear()  # a runner used before (a chat's last turn) starts over
+        runner.stage()
+        logits = runner.prefill(prompt_ids)[-1].float()
+        runner.join(0)
+        return logits
+
+    return advance
+
+
+def _recompute(model: Llama, prompt_ids: list[int]) -> Callable:
+    """The same, computing the whole sequence again for each token: the benchmark's reference."""
+    ids = list(prompt_ids)
+    device = next(model.parameters()).device
+
+    def advance(token: int | None) -> torch.Tensor:
+        if token is not None:
+            ids.append(token)
+        logits, _ = model(torch.tensor([ids], device=device), last_only=True)
+        return logits[0, -1].float()
+
+    return advance
 
 
 def complete(model: Llama, tokenizer: Tokenizer, prompt_ids: list[int], params: SamplingParams) -> Completion:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from autarky.evaluate import bits_per_byte, token_byte_lengths  # noqa: E402
 from autarky.generate import SamplingParams  # noqa: E402
 from autarky.model import Llama, load_pretrained, preset_config, save_pretrained  # noqa: E402
+from autarky.runner import TorchRunner
 from autarky.serve.engine import Engine, Request  # noqa: E402
 from autarky.serve.precision import decode_weight_bytes, int8pack_works, prepare  # noqa: E402
 from autarky.tokenizer import Tokenizer  # noqa: E402
@@ -126,7 +127,7 @@ def engine_run(engine: Engine, prompt: list[int], max_tokens: int) -> float:
 
 def engine_decode_rate(model: Llama, tok: Tokenizer, prompt: list[int], n: int, repeats: int = 3) -> float:
     """Decode tokens/s at batch 1 through the serving engine: n tokens' time beyond the first token's."""
-    engine = Engine(model, tok, slots=1)
+    engine = Engine(TorchRunner(model, slots=1), tok)
     engine.stop_ids = set()  # a random model may pick end-of-text; the benchmark wants exactly n tokens
     engine_run(engine, prompt, 2)
     first = min(engine_run(engine, prompt, 1) for _ in range(repeats))

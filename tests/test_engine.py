@@ -14,6 +14,7 @@ import torch
 
 from autarky.generate import Completion, SamplingParams, complete, stream
 from autarky.model import Llama, ModelConfig
+from autarky.runner import TorchRunner
 from autarky.serve.engine import EmbedJob, Engine, Event, Request
 from autarky.tokenizer import StreamDecoder
 
@@ -107,7 +108,7 @@ def test_a_one_slot_engine_and_generate_give_the_same_text():
         done = Completion()
         pieces = list(stream(MODEL, TOK, ids, SamplingParams(**params), completion=done))
         r, events = request(ids, **params)
-        engine = Engine(MODEL, TOK, slots=1, prefill_chunk=4)
+        engine = Engine(TorchRunner(MODEL, slots=1), TOK, prefill_chunk=4)
         submit(engine, (r, events))
         run(engine, (r, events))
         assert [e.text for e in events if e.text] == pieces
@@ -120,7 +121,7 @@ def test_a_one_slot_engine_and_generate_give_the_same_text():
 def test_rows_stay_packed_as_requests_finish_and_a_waiting_one_takes_the_freed_row():
     """Requests ending at different steps: after each release running[i] still owns row i (its
     length is its prompt and tokens so far) and every text is the request's text run alone."""
-    engine = Engine(MODEL, TOK, slots=3, prefill_chunk=64)
+    engine = Engine(TorchRunner(MODEL, slots=3), TOK, prefill_chunk=64)
     work = [
         (prompt(4 + 3 * i, start=70 + i), dict(max_tokens=3 + 4 * i, seed=i, temperature=1.0))
         for i in range(4)
@@ -130,8 +131,8 @@ def test_rows_stay_packed_as_requests_finish_and_a_waiting_one_takes_the_freed_r
     for _ in range(100):
         engine.step()
         for row, seq in enumerate(engine.running):
-            assert int(engine.cache.lengths[row]) == len(seq.prompt) + len(seq.policy.token_ids) - 1
-        assert not engine.cache.lengths[len(engine.running) :].any()
+            assert int(engine.runner.cache.lengths[row]) == len(seq.prompt) + len(seq.policy.token_ids) - 1
+        assert not engine.runner.cache.lengths[len(engine.running) :].any()
         if all(finished(events) for _, events in requests):
             break
     for (ids, params), (_, events) in zip(work, requests, strict=True):
@@ -144,7 +145,7 @@ def test_prompts_are_prefilled_in_chunks_that_share_one_budget_per_step():
     fed: list[int] = []
     hook = MODEL.model.embed_tokens.register_forward_hook(lambda m, args, out: fed.append(args[0].numel()))
     try:
-        engine = Engine(MODEL, TOK, slots=4, prefill_chunk=4)
+        engine = Engine(TorchRunner(MODEL, slots=4), TOK, prefill_chunk=4)
         work = [prompt(n, start=n) for n in (3, 4, 5, 11)]
         requests = [request(ids, max_tokens=5, temperature=0) for ids in work]
         submit(engine, *requests)
@@ -159,7 +160,7 @@ def test_prompts_are_prefilled_in_chunks_that_share_one_budget_per_step():
 
 
 def test_a_request_cancelled_during_prefill_frees_its_slot_at_the_next_step():
-    engine = Engine(MODEL, TOK, slots=1, prefill_chunk=4)
+    engine = Engine(TorchRunner(MODEL, slots=1), TOK, prefill_chunk=4)
     r, events = request(prompt(30), max_tokens=5)
     engine.submit(r)
     engine.step()
@@ -178,7 +179,7 @@ def test_a_request_cancelled_during_prefill_frees_its_slot_at_the_next_step():
 def test_a_tiny_temperature_samples_greedily_and_fails_nobody():
     """Issue 8.4: temperature 1e-45 overflowed the logits to inf, the softmax gave NaN and the step
     failed every request in flight. Checked to fail on the old engine (every request got "error")."""
-    engine = Engine(MODEL, TOK, slots=2, prefill_chunk=64)
+    engine = Engine(TorchRunner(MODEL, slots=2), TOK, prefill_chunk=64)
     tiny = request(prompt(5), max_tokens=10, temperature=1e-45)
     other = request(prompt(7, start=90), max_tokens=10, seed=1, temperature=1.0)
     submit(engine, tiny, other)
@@ -203,7 +204,7 @@ def test_a_request_whose_numbers_go_wrong_fails_alone_and_at_once(poisoned):
     """Issue 8.4: NaN logits failed every request in the step, and the one whose prefill they came
     from got no event at all (its client hung). Checked on the old engine: the running request
     failed too, and the step raised with the poisoned request left without an answer."""
-    engine = Engine(MODEL, TOK, slots=3, prefill_chunk=64)
+    engine = Engine(TorchRunner(MODEL, slots=3), TOK, prefill_chunk=64)
     running = request(prompt(6), max_tokens=12, seed=4, temperature=1.0)
     engine.submit(running[0])
     engine.step()
@@ -219,14 +220,14 @@ def test_a_running_request_that_goes_nan_fails_alone_and_leaves_its_row_clean():
     """A NaN in one running row's cache fails that request alone; its row is zeroed before the last
     row moves in, or the mover (shorter than the NaN's position, in a batch whose longest row makes
     the attention read past its end) would turn NaN too (0 × NaN)."""
-    engine = Engine(MODEL, TOK, slots=3, prefill_chunk=64)
+    engine = Engine(TorchRunner(MODEL, slots=3), TOK, prefill_chunk=64)
     work = [prompt(40, start=1), prompt(45, start=2), prompt(5, start=3)]
     requests = [request(ids, max_tokens=12, seed=i, temperature=1.0) for i, ids in enumerate(work)]
     submit(engine, *requests)
     while len(engine.running) < 3:
         engine.step()
     assert [s.request for s in engine.running] == [r for r, _ in requests]
-    engine.cache.v[0][0, :, 35] = float("nan")
+    engine.runner.cache.v[0][0, :, 35] = float("nan")
     run(engine, *requests[1:])
     assert requests[0][1][-1].finish_reason == "error"
     for ids, i in ((work[1], 1), (work[2], 2)):
@@ -254,7 +255,7 @@ def test_embeddings_are_prefilled_in_chunks_between_decode_steps():
     hook = MODEL.model.embed_tokens.register_forward_hook(lambda m, args, out: fed.append(args[0].numel()))
     results: list = []
     try:
-        engine = Engine(MODEL, TOK, slots=2, prefill_chunk=8)
+        engine = Engine(TorchRunner(MODEL, slots=2), TOK, prefill_chunk=8)
         completion = request(prompt(5), max_tokens=20, temperature=0)
         engine.submit(completion[0])
         engine.step()
@@ -280,7 +281,7 @@ def test_embeddings_are_prefilled_in_chunks_between_decode_steps():
 
 
 def test_a_cancelled_embedding_stops_at_the_next_step():
-    engine = Engine(MODEL, TOK, slots=1, prefill_chunk=8)
+    engine = Engine(TorchRunner(MODEL, slots=1), TOK, prefill_chunk=8)
     results: list = []
     job = EmbedJob([prompt(60), prompt(60)], lambda v, e: results.append((v, e)))
     engine.embed(job)
@@ -303,7 +304,7 @@ def test_embeddings_count_against_capacity_and_stop_when_their_client_leaves():
     from autarky.serve.jobs import ClientGone, embed
     from autarky.serve.protocol import RequestError
 
-    engine = Paused(MODEL, TOK, slots=1, prefill_chunk=8)
+    engine = Paused(TorchRunner(MODEL, slots=1), TOK, prefill_chunk=8)
     state = SimpleNamespace(engine=engine, settings=SimpleNamespace(max_queue=1), inflight=1)
 
     async def gone():

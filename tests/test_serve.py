@@ -493,11 +493,17 @@ def test_a_request_that_cannot_be_admitted_fails_alone(server, client, monkeypat
     assert metric(server, "autarky_inflight_sequences") == 0
 
 
-def test_max_model_len_caps_each_request_and_the_cache(model_dir):
-    app, settings = build_app(model_dir, ServeConfig(slots=2, max_model_len=64))
+@pytest.mark.parametrize("engine", ["torch", "llama.cpp"])
+def test_max_model_len_caps_each_request_and_the_cache(model_dir, engine):
+    app, settings = build_app(model_dir, ServeConfig(slots=2, max_model_len=64, engine=engine))
     engine = app.state.engine
-    assert engine.context == 64 and engine.cache.max_len == 64 and engine.prefill_cache.max_len == 64
-    assert engine.cache.k[0].shape[0] == 2
+    runner = engine.runner
+    if runner.name == "torch":
+        assert runner.cache.max_len == 64 and runner.staged.max_len == 64 and runner.cache.k[0].shape[0] == 2
+    else:  # two running rows and the staged prompt of 64 tokens each (llama.cpp pads to 256 cells)
+        assert runner.context == 64 and runner.api.llama_n_seq_max(runner.ctx) == 3
+        assert 64 <= runner.api.llama_n_ctx_seq(runner.ctx) <= 256
+    assert engine.context == 64
     messages = [{"role": "user", "content": "How long?"}]
     with Server(app) as s:
         assert httpx.get(s.url + "/v1/models").json()["data"][0]["max_model_len"] == 64

@@ -16,6 +16,7 @@ from autarky.evaluate.score import loglikelihood as score_in_process
 from autarky.generate import SamplingParams
 from autarky.model import load_pretrained, save_pretrained
 from autarky.serve import ServeConfig, build_app
+from autarky.runner import TorchRunner
 from autarky.serve.engine import Engine, Request
 from autarky.tokenizer import CHAT_TEMPLATE, Tokenizer
 from autarky.train import TOKENIZER_FILES
@@ -107,7 +108,7 @@ def test_the_engine_scores_a_prompt_beside_a_running_request_without_taking_its_
     from tests.test_engine import TOK, finished, prompt, request
 
     model = soft_engine_model()
-    engine = Engine(model, TOK, slots=1, prefill_chunk=5)
+    engine = Engine(TorchRunner(model, slots=1), TOK, prefill_chunk=5)
     engine.stop_ids = set()  # nothing ends the running request early
     runner = request(prompt(4), max_tokens=40)
     engine.submit(runner[0])
@@ -136,7 +137,7 @@ def test_the_end_token_that_stops_a_scored_prompt_is_listed_when_asked(end_logpr
 
     model = soft_engine_model()
     ids = prompt(9)
-    engine = Engine(model, TOK, slots=1, prefill_chunk=4)
+    engine = Engine(TorchRunner(model, slots=1), TOK, prefill_chunk=4)
     engine.stop_ids = {int(reference(model, ids)[-1].argmax())}  # the greedy next token ends it
     events = []
     params = SamplingParams(max_tokens=1, temperature=0)

@@ -33,7 +33,14 @@ ALSO_SERVED = (
 class ServeConfig:
     host: str = setting("127.0.0.1", help="Address to listen on (loopback unless you say otherwise).")
     port: int = setting(8000, help="Port to listen on.")
-    dtype: str = setting("fp32", help="fp32, bf16, or int8 (weight-only, per-channel scales).")
+    engine: str = setting(
+        "auto",
+        help="torch, llama.cpp (on the model's GGUF export, made when missing), or auto: llama.cpp on a CPU "
+        "when installed, else torch.",
+    )
+    dtype: str = setting(
+        "fp32", help="fp32, bf16, or int8 (weight-only, per-channel scales; q8_0 in llama.cpp)."
+    )
     slots: int = setting(16, help="Requests decoded together (KV-cache rows).")
     max_queue: int = setting(64, help="Requests waiting for a slot before 429s.")
     prefill_chunk: int = setting(128, help="Prompt tokens per engine step.")
@@ -56,7 +63,9 @@ class ServeConfig:
     model_name: str | None = setting(
         None, flags=("--name",), help="Model name clients use (default: the directory name)."
     )
-    threads: int = setting(0, help="torch intra-op threads (0 = torch's default).")
+    threads: int = setting(
+        0, help="Compute threads (0 = every core for llama.cpp, torch's default for torch)."
+    )
     max_model_len: int | None = setting(
         None, help="Tokens per request, prompt + completion (default: the model's context)."
     )
@@ -76,9 +85,11 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Each flag's mistake as a UserError that names the flag."""
+        from autarky.runner import choose_engine
         from autarky.serve.precision import check_dtype
 
         check_dtype(self.dtype)
+        choose_engine(self.engine)
         checks = [
             (self.slots >= 1, f"--slots must be at least 1 (got {self.slots})"),
             (self.max_queue >= 0, f"--max-queue must be 0 or more (got {self.max_queue})"),
@@ -150,13 +161,12 @@ def check_weights(model_path: Path) -> None:
 
 def build_app(model_path: Path, config: ServeConfig):
     """Load the model and tokenizer and return the ASGI app (the engine starts with the app)."""
-    import torch
-
+    from autarky.model import chat_tuned, read_config
+    from autarky.runner import open_runner
     from autarky.serve.access import AuditLog, Keys, key_id_secret
     from autarky.serve.app import Settings, create_app
     from autarky.serve.engine import Engine
     from autarky.serve.gate import HostPolicy
-    from autarky.serve.precision import load_model
     from autarky.tokenizer import Tokenizer
 
     config.validate()
@@ -167,26 +177,27 @@ def build_app(model_path: Path, config: ServeConfig):
     check_weights(model_path)
     tokenizer = Tokenizer.load(model_path)
     check_tokenizer(tokenizer, model_path)
-    model = load_model(model_path, config.dtype)
-    if tokenizer.vocab_size > model.config.vocab_size:
+    model_config = read_config(model_path)
+    if tokenizer.vocab_size > model_config.vocab_size:
         raise UserError(
             f"the tokenizer in {model_path} has {tokenizer.vocab_size} tokens but the model only "
-            f"{model.config.vocab_size}: they do not belong together"
+            f"{model_config.vocab_size}: they do not belong together"
         )
-    context = model.config.max_position_embeddings
+    context = model_config.max_position_embeddings
     if config.max_model_len is not None and config.max_model_len > context:
         raise UserError(
             f"--max-model-len {config.max_model_len} is more than the model's context ({context})"
         )
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    engine = Engine(
-        model,
-        tokenizer,
+    runner = open_runner(
+        model_path,
+        config.engine,
+        config.dtype,
         slots=config.slots,
-        prefill_chunk=config.prefill_chunk,
-        max_model_len=config.max_model_len,
+        context=config.max_model_len,
+        threads=config.threads,
+        batch=max(config.prefill_chunk, config.slots),
     )
+    engine = Engine(runner, tokenizer, prefill_chunk=config.prefill_chunk)
     settings = Settings(
         model_name=config.model_name or Path(model_path).resolve().name,
         keys=keys,
@@ -194,6 +205,7 @@ def build_app(model_path: Path, config: ServeConfig):
         max_body_bytes=config.max_body_bytes,
         audit=AuditLog(config.audit_log, config.audit_content),
         hosts=HostPolicy(config.host, config.allowed_hosts),
+        chat_tuned=chat_tuned(model_path),
     )
     return create_app(engine, settings), settings
 
@@ -216,7 +228,7 @@ def serve(model_path: Path, config: ServeConfig) -> None:
         )
     engine = app.state.engine
     console.print(
-        f"serving [bold]{settings.model_name}[/] ({config.dtype}, {config.slots} slots of "
+        f"serving [bold]{settings.model_name}[/] ({engine.runner.name}, {config.dtype}, {config.slots} slots of "
         f"{engine.context} tokens) on "
         f"http://{config.host}:{config.port}  — web chat at /, API at /v1"
         + (f", audit log {config.audit_log}" if config.audit_log else "")

@@ -1,14 +1,15 @@
 """The serving engine: continuous batching over one model, in one background thread.
 
 The engine moves token ids; the text rules (stops, hold-back, finish) are `TextPolicy`'s, the same
-as `autarky generate`'s. Requests join and leave the running batch at token boundaries. Each
-running request owns one row of a shared `KVCache`, and running requests are kept packed in rows
-0..B-1 (a finished request's row is filled by moving the last one into it), because a forward pass
-with a cache uses the top B rows. A new request is prefilled in its own one-row cache, a chunk at a
-time, between decode steps of the running batch, so a long prompt never stalls the others for more
-than one chunk; when its prompt is in, its row is copied into the shared cache and it decodes with
-the rest. An embedding input is prefilled the same way, from the same queue and the same per-step
-budget, its final hidden states summed chunk by chunk; it never takes a running row.
+as `autarky generate`'s, and the forward passes are a runner's (`autarky.runner`: PyTorch, or
+llama.cpp on a GGUF export), so everything here holds for either. Requests join and leave the
+running batch at token boundaries. Each running request owns one row of the runner's cache, and
+running requests are kept packed in rows 0..B-1 (a finished request's row is filled by moving the
+last one into it). A new request is staged and prefilled a chunk at a time, between decode steps
+of the running batch, so a long prompt never stalls the others for more than one chunk; when its
+prompt is in, it joins the running rows and decodes with the rest. An embedding input is prefilled
+the same way, from the same queue and the same per-step budget, its final hidden states summed
+chunk by chunk; it never takes a running row.
 
 The thread owns the model; callers talk to it through `submit`/`embed`/`cancel`, which only touch a
 thread-safe queue, and receive `Event`s through the callback they pass (the app turns that into
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from autarky.generate import SamplingParams, TextPolicy, apply_penalties, sample
-from autarky.model import KVCache, Llama
+from autarky.runner import Runner
 from autarky.tokenizer import Tokenizer
 
 log = logging.getLogger("autarky.serve")
@@ -139,28 +140,19 @@ class Pooling:
 class Engine:
     def __init__(
         self,
-        model: Llama,
+        runner: Runner,
         tokenizer: Tokenizer,
-        slots: int = 16,
         prefill_chunk: int = 128,
         on_tokens: Callable[[int, int], None] | None = None,
-        max_model_len: int | None = None,
     ):
-        self.model = model
+        self.runner = runner
         self.tokenizer = tokenizer
-        self.config = model.config
-        # The tokens one request may hold, prompt and completion: the model's context unless capped.
-        # The KV cache is slots × this long, so a cap is also what bounds its memory.
-        self.context = min(
-            max_model_len or self.config.max_position_embeddings, self.config.max_position_embeddings
-        )
-        self.slots = slots
+        # The tokens one request may hold, prompt and completion: the runner's cache row length.
+        self.context = runner.context
+        self.slots = runner.slots  # running rows: its cache holds that many
         self.prefill_chunk = prefill_chunk
         self.on_tokens = on_tokens or (lambda prompt, generated: None)
-        device = self.device = model.model.embed_tokens.weight.device
-        dtype = self.cache_dtype = model.model.norm.weight.dtype
-        self.cache = KVCache(self.config, slots, self.context, device=device, dtype=dtype)
-        self.prefill_cache = KVCache(self.config, 1, self.context, device=device, dtype=dtype)
+        self.device = runner.device
         self.stop_ids: set[int] | None = None  # None: the tokenizer's end ids (a benchmark clears them)
         self._byte_cache: dict[int, tuple[str, list[int]]] = {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -209,7 +201,7 @@ class Engine:
     # ------------------------------------------------------------ the engine thread
 
     def _loop(self) -> None:
-        with torch.inference_mode():
+        with torch.inference_mode():  # a no-op for llama.cpp's runner, whose tensors are plain CPU ones
             while not self._stop.is_set():
                 try:
                     idle = not (self.running or self.waiting or self.prefilling)
@@ -238,7 +230,7 @@ class Engine:
                 self.waiting.extend(Pooling(item, i) for i in range(len(item.inputs)))
             else:
                 self.waiting.append(
-                    Sequence(item, self.tokenizer, self.config.vocab_size, self.device, self.stop_ids)
+                    Sequence(item, self.tokenizer, self.runner.vocab_size, self.device, self.stop_ids)
                 )
         except Exception as e:
             log.exception("could not admit a request")
@@ -266,7 +258,7 @@ class Engine:
             first = self.waiting[0]
             if isinstance(first, Pooling) or not first.needs_row or len(self.running) < self.slots:
                 self.prefilling = self.waiting.popleft()
-                self.prefill_cache.reset(0)
+                self.runner.stage()
         return self.prefilling
 
     def _drop_cancelled(self) -> None:
@@ -302,11 +294,9 @@ class Engine:
 
     def _prefill_chunk(self, seq: Sequence, chunk: list[int]) -> None:
         scoring = seq.request.prompt_logprobs is not None
-        logits, _ = self.model(
-            torch.tensor([chunk], device=self.device), cache=self.prefill_cache, last_only=not scoring
-        )
+        logits = self.runner.prefill(chunk, all_logits=scoring)
         if scoring:
-            self._score(seq, logits[0])
+            self._score(seq, logits)
         seq.prefilled += len(chunk)
         if seq.prefilled == len(seq.prompt):
             self.prefilling = None
@@ -314,24 +304,14 @@ class Engine:
             if not seq.request.generate:
                 self._finish(seq, "length")
                 return
-            self._accept(seq, logits[0, -1])
+            self._accept(seq, logits[-1])
             if seq.finish_reason is None:
-                self._copy_prefill_to(len(self.running))
+                self.runner.join(len(self.running))
                 self.running.append(seq)
 
-    def _copy_prefill_to(self, row: int) -> None:
-        n = int(self.prefill_cache.lengths[0])
-        for k, v, pk, pv in zip(
-            self.cache.k, self.cache.v, self.prefill_cache.k, self.prefill_cache.v, strict=True
-        ):
-            k[row, :, :n] = pk[0, :, :n]
-            v[row, :, :n] = pv[0, :, :n]
-        self.cache.lengths[row] = n
-
     def _decode(self) -> None:
-        ids = torch.tensor([[s.next_token] for s in self.running], device=self.device)
-        logits, _ = self.model(ids, cache=self.cache, last_only=True)
-        for s, row_logits in zip(self.running, logits[:, -1], strict=True):
+        logits = self.runner.decode([s.next_token for s in self.running])
+        for s, row_logits in zip(self.running, logits, strict=True):
             try:
                 self._accept(s, row_logits)
             except Exception as e:  # one row's numbers gone wrong (NaN) fail its request alone
@@ -342,21 +322,11 @@ class Engine:
                 self._release(i, scrub=self.running[i].finish_reason == "error")
 
     def _release(self, row: int, scrub: bool = False) -> None:
-        """Free cache row `row`, keeping the running rows packed at the top.
-
-        A failed request's row is zeroed first: a NaN left in it would reach its next owner, whose
-        attention reads the row's stale positions with weight 0, and 0 × NaN is NaN.
-        """
-        if scrub:
-            for k, v in zip(self.cache.k, self.cache.v, strict=True):
-                k[row].zero_()
-                v[row].zero_()
+        """Free row `row`, keeping the running rows packed at the top (a failed one is scrubbed)."""
+        self.runner.release(row, scrub=scrub)
         last = len(self.running) - 1
-        if row != last:
-            self.cache.move(last, row)
-            self.running[row] = self.running[last]
+        self.running[row] = self.running[last]
         self.running.pop()
-        self.cache.reset(last)
 
     def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
         """Sample the next token from one row of logits and send what text it makes safe to send."""
@@ -419,7 +389,7 @@ class Engine:
         self.waiting.clear()
         self.running.clear()
         self.prefilling = None
-        self.cache.lengths.zero_()
+        self.runner.clear()
 
     # ------------------------------------------------------------ logprobs and embeddings
 
@@ -467,7 +437,7 @@ class Engine:
     def _pool_chunk(self, item: Pooling, chunk: list[int]) -> None:
         """Add a chunk's final hidden states to its input's sum; the last chunk sends the job's vectors
         when it completes them: the mean, scaled to unit length."""
-        states = self._final_hidden_states(chunk).float().sum(dim=0)
+        states = self.runner.hidden(chunk).float().sum(dim=0)
         item.total = states if item.total is None else item.total + states
         item.prefilled += len(chunk)
         if item.prefilled < len(item.prompt):
@@ -480,14 +450,3 @@ class Engine:
         job.vectors[item.index] = vector.tolist()
         if len(job.vectors) == len(job.inputs):
             job.done([job.vectors[i] for i in range(len(job.inputs))], None)
-
-    def _final_hidden_states(self, chunk: list[int]) -> torch.Tensor:
-        """The chunk's hidden states after the last RMSNorm, run in the prefill cache after what came
-        before it (causal attention makes them the same as the whole input's)."""
-        states = []
-        hook = self.model.model.norm.register_forward_hook(lambda module, args, out: states.append(out))
-        try:
-            self.model(torch.tensor([chunk], device=self.device), cache=self.prefill_cache, last_only=True)
-        finally:
-            hook.remove()
-        return states[0][0]
