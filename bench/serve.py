@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from autarky.evaluate import bits_per_byte, token_byte_lengths  # noqa: E402
 from autarky.generate import SamplingParams  # noqa: E402
 from autarky.model import Llama, load_pretrained, preset_config, save_pretrained  # noqa: E402
-from autarky.runner import TorchRunner
+from autarky.runner import TorchRunner  # noqa: E402
 from autarky.serve.engine import Engine, Request  # noqa: E402
 from autarky.serve.precision import decode_weight_bytes, int8pack_works, prepare  # noqa: E402
 from autarky.tokenizer import Tokenizer  # noqa: E402

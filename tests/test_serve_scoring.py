@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from autarky.evaluate.score import loglikelihood as score_in_process
 from autarky.generate import SamplingParams
 from autarky.model import load_pretrained, save_pretrained
-from autarky.serve import ServeConfig, build_app
 from autarky.runner import TorchRunner
+from autarky.serve import ServeConfig, build_app
 from autarky.serve.engine import Engine, Request
 from autarky.tokenizer import CHAT_TEMPLATE, Tokenizer
 from autarky.train import TOKENIZER_FILES
