@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from autarky import __version__, offline
-from autarky.console import UserError
+from autarky.console import UserError, console
 
 SCHEMA = "autarky.manifest/2"
 OLD_SCHEMA = "autarky.manifest/1"  # an id over kind, config, input ids and files only; no seal
@@ -235,15 +235,47 @@ def _well_formed(manifest: dict) -> bool:
     )
 
 
+LATEST = "latest"  # a name that means the newest finished artifact of the kind asked for
+MAKER = {  # the verb that makes each kind, for a message that says how to get one
+    "corpus": "autarky curate DIR",
+    "chat": "autarky curate-chat FILE",
+    "tokenizer": "autarky tokenizer CORPUS",
+    "tokens": "autarky tokenize CORPUS TOKENIZER",
+    "model": "autarky train TOKENS (or autarky import DIR)",
+    "eval": "autarky eval MODEL",
+    "export": "autarky export MODEL",
+    "card": "autarky card MODEL",
+    "report": "autarky report MODEL",
+}
+
+
 def resolve(workdir: Path, ref: str, kind: str) -> Artifact:
-    """Find an artifact by path, by `kind/name`, or by bare name under `<workdir>/<kind>/`."""
+    """Find an artifact by path, by `kind/name`, by bare name under `<workdir>/<kind>/`, or `latest`."""
     for candidate in (Path(ref), Path(workdir) / ref, Path(workdir) / kind / ref):
         if (candidate / MANIFEST).is_file():
             return load(candidate, kind)
+    if ref == LATEST:
+        found = newest(workdir, kind)
+        console.print(f"latest {kind}: {found.name}")
+        return found
     raise UserError(
         f"no finished {kind} called {ref!r} (looked in {ref} and {Path(workdir) / kind / ref}); "
         "`autarky ls` lists what the workspace holds"
     )
+
+
+def newest(workdir: Path, kind: str) -> Artifact:
+    """The finished artifact of `kind` made last in the workspace; none is a UserError naming its verb."""
+    found = []
+    for manifest in (Path(workdir) / kind).glob(f"*/{MANIFEST}"):
+        try:
+            found.append((load(manifest.parent, kind), manifest.stat().st_mtime_ns))
+        except UserError:  # damaged: `autarky verify` names it; it is nobody's default
+            continue
+    if not found:
+        how = MAKER.get(kind, f"the stage that makes a {kind}")
+        raise UserError(f"{workdir} holds no {kind} yet; `{how}` makes one")
+    return max(found, key=lambda pair: (pair[0].manifest["created"], pair[1]))[0]
 
 
 def list_workspace(workdir: Path) -> tuple[list[Artifact], list[Path]]:
@@ -388,10 +420,35 @@ class Builder:
         return Artifact(self.dir.resolve(), manifest)
 
 
+NAME_HASH = re.compile(r"-[0-9a-f]{8}$")  # what default_name appends
+
+
+def stem(name: str) -> str:
+    """A name without the recipe hash default_name gave it: `docs-2678a849` → `docs`."""
+    return NAME_HASH.sub("", name)
+
+
+def compose_name(*names: str) -> str:
+    """A prefix that says what went in: each name's stem, one that the next begins with left out.
+
+    `compose_name("docs-2678a849", "docs-bpe4096-787627db")` is `docs-bpe4096`, not `docs-docs-bpe4096`.
+    """
+    stems = [stem(n) for n in names]
+    nexts = [*stems[1:], ""]
+    return "-".join(s for s, after in zip(stems, nexts, strict=True) if not after.startswith(s + "-"))
+
+
 def default_name(
     prefix: str, kind: str, config: dict, inputs: list[Artifact], sources: list[dict] | None = None
 ) -> str:
-    """A readable name that still differs when the recipe differs: `<prefix>-<8 hex of the recipe>`."""
+    """A readable name that still differs when the recipe differs: `<prefix>-<8 hex of the recipe>`.
+
+    An input's own hash is taken out of the prefix (`docs-tiny-1a2b3c4d-sft` → `docs-tiny-sft`), so
+    names say what went in without growing a hash at every stage.
+    """
+    for a in inputs:
+        if found := NAME_HASH.search(a.name):
+            prefix = re.sub(re.escape(found.group()) + r"(?=-|$)", "", prefix)
     key = recipe_key(kind, config, [a.ref() for a in inputs], sources)
     return f"{prefix}-{key.split(':')[1][:8]}"
 

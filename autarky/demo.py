@@ -421,3 +421,7 @@ def print_result(result: DemoResult) -> None:
         console.print(
             f"[bold]card[/] {result.model_card.path} (README.md, bom.cdx.json, training-content-summary.md)"
         )
+    from autarky.cli.chain import finish  # the CLI's own `next:` lines, so the demo ends as every stage does
+
+    chat_model = result.chat_model
+    finish(chat_model, chat_model.workspace, [["chat", chat_model.name], ["serve", chat_model.name]], False)

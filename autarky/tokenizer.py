@@ -30,7 +30,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trai
 from tokenizers import Tokenizer as HFTokenizer
 
 from autarky import artifact
-from autarky.artifact import Artifact, Builder, default_name
+from autarky.artifact import Artifact, Builder, compose_name, default_name
 from autarky.console import UserError, console, progress
 
 # The order is the id: 0..6 in every tokenizer we train, so models and chat data never disagree.
@@ -513,7 +513,7 @@ def train_tokenizer(
         "max_train_bytes": max_train_bytes,
         "max_eval_bytes": max_eval_bytes,
     }
-    name = name or default_name(f"bpe{vocab_size}", "tokenizer", config, [corpus])
+    name = name or default_name(compose_name(corpus.name, f"bpe{vocab_size}"), "tokenizer", config, [corpus])
     builder = Builder(workdir, "tokenizer", name, config, [corpus])
     if (done := builder.existing(force)) is not None:
         console.print(f"reusing tokenizer {name} (same corpus and settings)")

@@ -9,7 +9,6 @@ without loading the file. Training samples plain windows of the stream; a docume
 from __future__ import annotations
 
 import os
-import re
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -20,7 +19,7 @@ import numpy as np
 from rich.progress import ProgressColumn
 from rich.text import Text
 
-from autarky.artifact import Artifact, Builder, default_name
+from autarky.artifact import Artifact, Builder, compose_name, default_name
 from autarky.console import UserError, console, progress
 from autarky.data.corpus import SPLITS, count_documents, iter_texts, text_bytes
 from autarky.machine import available_cores
@@ -75,7 +74,7 @@ def tokenize(
     dtype = dtype_for(tok.vocab_size)
     config = {"dtype": dtype, "document_start": tok.hf.id_to_token(tok.bos_id)}
     name = name or default_name(
-        f"{_stem(corpus.name)}-{_stem(tokenizer.name)}", "tokens", config, [corpus, tokenizer]
+        compose_name(corpus.name, tokenizer.name), "tokens", config, [corpus, tokenizer]
     )
     builder = Builder(workdir, "tokens", name, config, [corpus, tokenizer])
     if (done := builder.existing(force)) is not None:
@@ -186,11 +185,6 @@ def _init_worker(tokenizer_path: str) -> None:
 def _encode_in_worker(texts: list[str], dtype: str) -> tuple[np.ndarray, int, int]:
     assert _worker_tokenizer is not None
     return _encode(_worker_tokenizer, texts, dtype)
-
-
-def _stem(name: str) -> str:
-    """A default name without its recipe hash: `bpe4096-1a2b3c4d` → `bpe4096`."""
-    return re.sub(r"-[0-9a-f]{8}$", "", name)
 
 
 class RateColumn(ProgressColumn):

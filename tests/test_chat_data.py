@@ -140,7 +140,7 @@ def test_the_cli_prints_the_accounting(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    metrics = json.loads(out.stdout)
+    metrics = json.loads(out.stdout)["metrics"]
     assert metrics["conversations_kept"] == len(GOOD) and metrics["dropped"] == {"unknown_role": 1}
     finished, _ = artifact.list_workspace(tmp_path / "work")
     assert [a.kind for a in finished] == ["chat"]

@@ -112,11 +112,14 @@ def _received(monkeypatch, cls, target: str, argv: list[str]):
         seen.update({type(v).__name__: v for v in (*args, *kwargs.values())})
         if "engine" in kwargs:  # curate takes how it runs as plain arguments
             seen["Executor"] = Executor(kwargs["engine"], kwargs["workers"] or 0, kwargs["ray_address"])
-        metrics = dict.fromkeys(("parameters", "steps", "val_loss", "val_bpb", "tokens_per_s"), 1)
-        return SimpleNamespace(metrics=metrics, path=Path("x"), name="x")
+        return made
 
+    metrics = dict.fromkeys(("parameters", "steps", "val_loss", "val_bpb", "tokens_per_s"), 1)
+    made = SimpleNamespace(  # an artifact as the CLI reads one after the stage: its next commands need these
+        metrics=metrics, path=Path("x"), name="x", kind="x", id="x", workspace=Path("work").resolve(), inputs=list
+    )
     monkeypatch.setattr(target, stage)
-    monkeypatch.setattr("autarky.artifact.resolve", lambda *a: SimpleNamespace(path=Path("x")))
+    monkeypatch.setattr("autarky.artifact.resolve", lambda *a: made)
     monkeypatch.setattr("autarky.cli.models._model_dir", lambda *a: Path("x"))
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output

@@ -190,9 +190,9 @@ def test_fertility_counts(tok):
 def test_rerun_reuses_and_force_rebuilds(corpus, work, trained):
     again = train_tokenizer(corpus, work, vocab_size=512)
     assert again.id == trained.id and again.manifest["created"] == trained.manifest["created"]
-    assert trained.name.startswith("bpe512-")
+    assert trained.name.startswith(f"{artifact.stem(corpus.name)}-bpe512-")  # what went in, its hash left out
     other = train_tokenizer(corpus, work, vocab_size=300)
-    assert other.name != trained.name and other.name.startswith("bpe300-")
+    assert other.name != trained.name and other.name.startswith(f"{artifact.stem(corpus.name)}-bpe300-")
 
 
 def test_vocab_too_large_says_the_largest(corpus, work):

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from autarky import artifact
+from autarky.cli import chain
+from autarky.cli.chain import JSON_HELP, input_help
 from autarky.cli.common import PIPELINE, app, human_bytes, workdir_option
-from autarky.console import UserError, console
+from autarky.console import UserError, console, out
 from autarky.data.config import ChatConfig, CurateConfig
 from autarky.data.executor import Executor
 from autarky.options import with_config
@@ -38,7 +39,7 @@ def curate(
         "--quality",
         help="Shortcut for the quality settings: web (judge HTML/WARC text), all (every document), or off.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest's metrics as JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config: CurateConfig = None,
     executor: Executor = None,
 ) -> None:
@@ -47,7 +48,7 @@ def curate(
     Reads .txt .md .html .pdf .docx .epub .fb2 .jsonl(.gz/.zst) .parquet .warc(.gz), man pages, .zip and .tar.*
     archives, in UTF-8 or the legacy Russian code pages.
 
-    Example: [bold]autarky curate ~/docs 'mail/*.warc.gz' --tag license=internal --tag ~/docs::origin=wiki --lang ru[/]
+    Example: [bold]autarky curate 'work/sources/python-*-docs' --tag license=PSF-2.0 --lang en[/]
     """
     from autarky.data.curate import curate as run_curate
     from autarky.data.curate import parse_tags
@@ -73,11 +74,12 @@ def curate(
         engine=executor.engine,
         ray_address=executor.ray_address,
     )
-    if as_json:
-        print(json.dumps(corpus.metrics, indent=2, ensure_ascii=False))
-        return
-    console.print(summary_table(corpus.metrics, f"corpus/{corpus.name}"))
-    console.print(f"[green]corpus[/] {corpus.path}  (report: {corpus.path / 'report.md'})")
+    if not as_json:
+        console.print(summary_table(corpus.metrics, f"corpus/{corpus.name}"))
+        out.print(
+            f"corpus {corpus.path}  (report: {corpus.path / 'report.md'})", markup=False, soft_wrap=True
+        )
+    chain.finish(corpus, workdir, [["tokenizer", corpus.name]], as_json)
 
 
 @app.command("curate-chat", rich_help_panel=PIPELINE)
@@ -91,7 +93,7 @@ def curate_chat_command(
     ),
     workdir: Path = workdir_option(),
     force: bool = typer.Option(False, "--force", help="Rebuild even if an artifact with this name exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest's metrics as JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config: ChatConfig = None,
 ) -> None:
     """Curate conversations into a chat corpus for sft: roles and order checked, PII redacted, duplicates dropped, split.
@@ -99,15 +101,23 @@ def curate_chat_command(
     A line is OpenAI's format (a "messages" list of role and content: system, user, assistant) or
     the instruction format ("instruction", "input", "output"). Every line is kept or dropped with a reason.
 
-    Example: [bold]autarky curate-chat support/*.jsonl --val-fraction 0.1[/]
+    Example: [bold]autarky curate-chat 'work/sources/*-chat.jsonl' --val-fraction 0.1[/]
     """
     from autarky.data.chat import curate_chat
 
     result = curate_chat(sources, workdir, name=name, config=config, force=force)
+    model = chain.newest_name(workdir, "model")
+    if not as_json:
+        _print_chat(result)
+        if model is None:
+            console.print(
+                "[dim]sft needs a model to fine-tune: `autarky train` or `autarky import` makes one[/]"
+            )
+    chain.finish(result, workdir, [["sft", model or "MODEL", result.name]], as_json)
+
+
+def _print_chat(result: artifact.Artifact) -> None:
     m = result.metrics
-    if as_json:
-        print(json.dumps(m, indent=2, ensure_ascii=False))
-        return
     table = Table(title=f"chat/{result.name}")
     table.add_column("conversations")
     table.add_column("count", justify="right")
@@ -115,8 +125,8 @@ def curate_chat_command(
     table.add_row("kept: train / val", f"{m['splits']['train']:,} / {m['splits']['val']:,}")
     for reason, n in m["dropped"].items():
         table.add_row(f"dropped: {reason}", f"{n:,}")
-    console.print(table)
-    console.print(f"[green]chat corpus[/] {result.path}")
+    out.print(table)
+    out.print(f"chat corpus {result.path}", markup=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- tokenizer and tokens
@@ -124,29 +134,35 @@ def curate_chat_command(
 
 @app.command("tokenizer", rich_help_panel=PIPELINE)
 def tokenizer_command(
-    corpus: str = typer.Argument(..., help="A corpus artifact: path or name."),
+    corpus: str = typer.Argument(None, help=input_help("corpus")),
     vocab_size: int = typer.Option(
         4096, "--vocab-size", help="Tokens in the vocabulary, 7 special ones included."
     ),
-    name: str = typer.Option(None, "--name", help="Artifact name (default: bpe<vocab>-<recipe hash>)."),
+    name: str = typer.Option(
+        None, "--name", help="Artifact name (default: <corpus>-bpe<vocab>-<recipe hash>)."
+    ),
     workdir: Path = workdir_option(),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest's metrics as JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Train a byte-level BPE tokenizer on a corpus's train split; report bytes per token on val.
 
     The result loads in Hugging Face transformers as is (AutoTokenizer), chat template included.
 
-    Example: [bold]autarky tokenizer ruslit-1a2b3c4d --vocab-size 8192[/]
+    Example: [bold]autarky tokenizer latest --vocab-size 8192[/]
     """
-    from autarky.tokenizer import summary_rows, train_tokenizer
+    from autarky.tokenizer import train_tokenizer
 
-    result = train_tokenizer(
-        artifact.resolve(workdir, corpus, "corpus"), workdir, name=name, vocab_size=vocab_size, force=force
-    )
-    if as_json:
-        print(json.dumps(result.metrics, indent=2, ensure_ascii=False))
-        return
+    workdir, [source] = chain.inputs(workdir, (corpus, "corpus"))
+    result = train_tokenizer(source, workdir, name=name, vocab_size=vocab_size, force=force)
+    if not as_json:
+        _print_tokenizer(result)
+    chain.finish(result, workdir, [["tokenize", source.name, result.name]], as_json)
+
+
+def _print_tokenizer(result: artifact.Artifact) -> None:
+    from autarky.tokenizer import summary_rows
+
     table = Table(
         title=f"tokenizer {result.name} · {result.metrics['vocab_size']} tokens",
         caption="measured on the val split",
@@ -155,14 +171,14 @@ def tokenizer_command(
         table.add_column(column, justify="left" if column == "language" else "right")
     for row in summary_rows(result):
         table.add_row(*row)
-    console.print(table)
-    console.print(f"[green]tokenizer[/] {result.path}")
+    out.print(table)
+    out.print(f"tokenizer {result.path}", markup=False, soft_wrap=True)
 
 
 @app.command("tokenize", rich_help_panel=PIPELINE)
 def tokenize_command(
-    corpus: str = typer.Argument(..., help="A corpus artifact: path or name."),
-    tokenizer: str = typer.Argument(..., help="A tokenizer artifact: path or name."),
+    corpus: str = typer.Argument(None, help=input_help("corpus")),
+    tokenizer: str = typer.Argument(None, help=input_help("tokenizer")),
     name: str = typer.Option(
         None, "--name", help="Artifact name (default: <corpus>-<tokenizer>-<recipe hash>)."
     ),
@@ -171,26 +187,23 @@ def tokenize_command(
         None, "--workers", help="Encoding processes (default: all cores; 1 for a small corpus)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest's metrics as JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Encode a corpus with a tokenizer into train.bin / val.bin, ready for `autarky train`.
 
-    Example: [bold]autarky tokenize ruslit-1a2b3c4d bpe8192-5e6f7a8b[/]
+    Example: [bold]autarky tokenize latest latest[/]
     """
     from autarky.tokens import tokenize
 
-    result = tokenize(
-        artifact.resolve(workdir, corpus, "corpus"),
-        artifact.resolve(workdir, tokenizer, "tokenizer"),
-        workdir,
-        name=name,
-        workers=workers,
-        force=force,
-    )
+    workdir, [source, vocabulary] = chain.inputs(workdir, (corpus, "corpus"), (tokenizer, "tokenizer"))
+    result = tokenize(source, vocabulary, workdir, name=name, workers=workers, force=force)
+    if not as_json:
+        _print_tokens(result)
+    chain.finish(result, workdir, [["train", result.name]], as_json)
+
+
+def _print_tokens(result: artifact.Artifact) -> None:
     m = result.metrics
-    if as_json:
-        print(json.dumps(m, indent=2))
-        return
     table = Table(title=f"tokens {result.name} ({m['dtype']})")
     for column in ("split", "documents", "tokens", "text", "bytes/token"):
         table.add_column(column, justify="left" if column == "split" else "right")
@@ -203,5 +216,5 @@ def tokenize_command(
             human_bytes(s["bytes"]),
             str(s["bytes_per_token"]),
         )
-    console.print(table)
-    console.print(f"[green]tokens[/] {result.path}")
+    out.print(table)
+    out.print(f"tokens {result.path}", markup=False, soft_wrap=True)

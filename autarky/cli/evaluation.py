@@ -11,8 +11,10 @@ from rich.table import Table
 
 from autarky import artifact
 from autarky.card import CardConfig
+from autarky.cli import chain
+from autarky.cli.chain import JSON_HELP, input_help
 from autarky.cli.common import PIPELINE, WORKSPACE, app, workdir_option
-from autarky.console import UserError, console
+from autarky.console import UserError, console, out
 from autarky.evaluate.config import EvalConfig, SuiteConfig
 from autarky.options import with_config
 
@@ -35,7 +37,7 @@ def _task_refs(values: list[str], workdir: Path) -> list:
     return refs
 
 
-def _print_eval(result) -> None:
+def _print_eval(result: artifact.Artifact, results: dict) -> None:
     m = result.metrics
     table = Table(
         title=f"eval {result.name}", caption="bits per byte on each corpus's val split; tasks zero-shot"
@@ -50,10 +52,10 @@ def _print_eval(result) -> None:
         for metric, value in metrics.items():
             if not metric.endswith("_stderr"):
                 table.add_row(task, metric, f"{value:.4f}")
-    console.print(table)
-    for sample in json.loads((result.path / "results.json").read_text())["samples"]:
-        console.print(f"[dim]sample:[/] [bold]{escape(sample['prompt'])}[/]{escape(sample['completion'])}")
-    console.print(f"[green]eval[/] {result.path}  (results.json, samples/, eval.png)")
+    out.print(table)
+    for sample in results["samples"]:
+        out.print(f"[dim]sample:[/] [bold]{escape(sample['prompt'])}[/]{escape(sample['completion'])}")
+    out.print(f"eval {result.path}  (results.json, samples/, eval.png)", markup=False, soft_wrap=True)
 
 
 def _print_compare(workdir: Path, plot: Path | None) -> None:
@@ -73,17 +75,17 @@ def _print_compare(workdir: Path, plot: Path | None) -> None:
     for r in rows:
         values = [f"{r['scores'][m]:.4f}" if m in r["scores"] else "-" for m in measures]
         table.add_row(r["model"], r["eval"], *values)
-    console.print(table)
+    out.print(table)
     plot = plot or workdir / "eval-compare.png"
     plot_compare(measures, rows, plot)
-    console.print(f"chart: {plot}")
+    out.print(f"chart: {plot}", markup=False, soft_wrap=True)
 
 
 @app.command("eval", rich_help_panel=PIPELINE)
 @with_config(SuiteConfig, "suite_config")
 @with_config(EvalConfig)
 def eval_command(
-    model: str = typer.Argument(None, help="A model artifact: path or name (not needed with --compare)."),
+    model: str = typer.Argument(None, help=input_help("model", " (not needed with --compare)")),
     corpus: list[str] = typer.Option(
         [],
         "--corpus",
@@ -110,7 +112,7 @@ def eval_command(
     name: str = typer.Option(None, "--name", help="Artifact name (default: eval-<model>-<recipe hash>)."),
     workdir: Path = workdir_option(),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
-    as_json: bool = typer.Option(False, "--json", help="Print results.json."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " results.json is under results."),
     config: EvalConfig = None,
     suite_config: SuiteConfig = None,
 ) -> None:
@@ -119,17 +121,16 @@ def eval_command(
     Tasks are lm-evaluation-harness YAML files read from disk; --corpus also makes a built-in suite
     (Russian and English next-sentence and cloze choice) from that corpus's held-out text.
 
-    Example: [bold]autarky eval demo-model --corpus ruslit-1a2b3c4d --tasks my-tasks/ --limit 100[/]
+    Example: [bold]autarky eval latest --corpus latest --limit 100[/]
     """
     if compare:
         _print_compare(workdir, plot)
         return
-    if model is None:
-        raise UserError("name the model to evaluate, or pass --compare")
     from autarky.evaluate.stage import evaluate
 
+    workdir, [judged] = chain.inputs(workdir, (model, "model"))
     result = evaluate(
-        artifact.resolve(workdir, model, "model"),
+        judged,
         workdir,
         corpora=[artifact.resolve(workdir, c, "corpus") for c in corpus],
         tasks=_task_refs(tasks, workdir),
@@ -138,19 +139,20 @@ def eval_command(
         name=name,
         force=force,
     )
-    if as_json:
-        print((result.path / "results.json").read_text(), end="")
-        return
-    _print_eval(result)
+    results = json.loads((result.path / "results.json").read_text())
+    if not as_json:
+        _print_eval(result, results)
+    chain.finish(result, workdir, [["card", judged.name]], as_json, results=results)
 
 
 @app.command("card", rich_help_panel=PIPELINE)
 @with_config(CardConfig)
 def card_command(
-    model: str = typer.Argument(..., help="A model artifact: path or name."),
+    model: str = typer.Argument(None, help=input_help("model")),
     name: str = typer.Option(None, "--name", help="Artifact name (default: <model>-<recipe hash>)."),
     workdir: Path = workdir_option(),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config: CardConfig = None,
 ) -> None:
     """Write a model card, a CycloneDX ML-BOM and the EU training-content summary from the model's lineage.
@@ -158,17 +160,24 @@ def card_command(
     The card's inputs are the model and every eval of it in the workspace; a lineage that does not
     verify gets no card. What no manifest can tell is marked "to fill in", for a person.
 
-    Example: [bold]autarky card demo-model --provider "Example Ltd" --license apache-2.0[/]
+    Example: [bold]autarky card latest --provider "Example Ltd" --license apache-2.0[/]
     """
     from autarky.card import card
 
-    result = card(artifact.resolve(workdir, model, "model"), workdir, config, name=name, force=force)
-    left = result.metrics.get("to_fill_in", {})
-    for f in ("README.md", "bom.cdx.json", "training-content-summary.md"):
-        note = f"  [yellow]{left[f]} field(s) for a person to fill in[/]" if left.get(f) else ""
-        console.print(f"  {result.path / f}{note}")
-    m = result.metrics
-    console.print(f"[green]card[/] {result.path}: {m.get('evals', 0)} eval(s), BOM {m.get('serial_number')}")
+    workdir, [described] = chain.inputs(workdir, (model, "model"))
+    result = card(described, workdir, config, name=name, force=force)
+    if not as_json:
+        left = result.metrics.get("to_fill_in", {})
+        for f in ("README.md", "bom.cdx.json", "training-content-summary.md"):
+            note = f"  [yellow]{left[f]} field(s) for a person to fill in[/]" if left.get(f) else ""
+            out.print(f"  {escape(str(result.path / f))}{note}", soft_wrap=True)
+        m = result.metrics
+        out.print(
+            f"card {result.path}: {m.get('evals', 0)} eval(s), BOM {m.get('serial_number')}",
+            markup=False,
+            soft_wrap=True,
+        )
+    chain.finish(result, workdir, [["serve", described.name]], as_json)
 
 
 @app.command(rich_help_panel=WORKSPACE)
@@ -182,7 +191,7 @@ def report(
 
     Written as a report artifact (report.md and its PNG charts) and printed.
 
-    Example: [bold]autarky report demo-model[/]
+    Example: [bold]autarky report latest[/]
     """
     from rich.markdown import Markdown
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import typer
 
 from autarky import artifact
+from autarky.cli import chain
+from autarky.cli.chain import JSON_HELP, input_help
 from autarky.cli.common import PIPELINE, app, human_bytes, workdir_option
-from autarky.console import console
+from autarky.console import out
 from autarky.gguf import ExportConfig
 from autarky.interop import ImportConfig
 from autarky.options import with_config
@@ -27,6 +29,7 @@ def import_command(
         None, help="Name of both artifacts (default: the directory's name + recipe hash)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace existing artifacts of the same name."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config: ImportConfig = None,
 ) -> None:
     """Import open weights (Llama, Mistral, Qwen2, Qwen3 in safetensors) as a model and a tokenizer artifact.
@@ -39,24 +42,35 @@ def import_command(
 
     model, tokenizer = import_model(source, workdir, config, name=name, force=force)
     m, licence = model.metrics, model.config["license"]
-    console.print(
-        f"[green]model[/] {model.path}: {model.config['architecture']}, {m['parameters'] / 1e6:,.1f}M params, "
-        f"{'/'.join(m['dtype'])}, context {m['context']}, licence {licence.get('declared') or licence.get('title') or 'not declared'}"
-    )
-    console.print(f"[green]tokenizer[/] {tokenizer.path}: {tokenizer.metrics['vocab_size']:,} tokens")
+    if not as_json:
+        declared = licence.get("declared") or licence.get("title") or "not declared"
+        out.print(
+            f"model {model.path}: {model.config['architecture']}, {m['parameters'] / 1e6:,.1f}M params, "
+            f"{'/'.join(m['dtype'])}, context {m['context']}, licence {declared}",
+            markup=False,
+            soft_wrap=True,
+        )
+        out.print(
+            f"tokenizer {tokenizer.path}: {tokenizer.metrics['vocab_size']:,} tokens",
+            markup=False,
+            soft_wrap=True,
+        )
+    steps = [["generate", model.name, chain.FALLBACK_PROMPT], ["chat", model.name], ["serve", model.name]]
+    chain.finish(model, workdir, steps, as_json, tokenizer=chain.shape(tokenizer))
 
 
 @app.command("train", rich_help_panel=PIPELINE)
 @with_config(TrainConfig)
 def train_command(
-    tokens: str = typer.Argument(..., help="A tokens artifact: path or name."),
+    tokens: str = typer.Argument(None, help=input_help("tokens")),
     workdir: Path = workdir_option(),
     init: str = typer.Option(None, help="Start from this model artifact's weights (fine-tuning)."),
-    name: str = typer.Option(None, help="Artifact name (default: preset + recipe hash)."),
+    name: str = typer.Option(None, help="Artifact name (default: <corpus>-<preset>-<recipe hash>)."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an unfinished run from its last checkpoint."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config: TrainConfig = None,
 ) -> None:
     """Pretrain a Llama-family model on a tokens artifact.
@@ -65,27 +79,43 @@ def train_command(
     """
     from autarky.train import train
 
-    tokens_artifact = artifact.resolve(workdir, tokens, "tokens")
+    workdir, [tokens_artifact] = chain.inputs(workdir, (tokens, "tokens"))
     init_artifact = artifact.resolve(workdir, init, "model") if init else None
     model = train(tokens_artifact, workdir, config, name=name, resume=resume, force=force, init=init_artifact)
     m = model.metrics
-    console.print(
-        f"[green]model[/] {model.path}: {m['parameters'] / 1e6:.2f}M params, {m['steps']} steps, "
-        f"val loss {m['val_loss']:.3f}, {m['val_bpb']:.3f} bits/byte, {m['tokens_per_s'] or 0:,.0f} tokens/s"
-    )
+    if not as_json:
+        out.print(
+            f"model {model.path}: {m['parameters'] / 1e6:.2f}M params, {m['steps']} steps, "
+            f"val loss {m['val_loss']:.3f}, {m['val_bpb']:.3f} bits/byte, {m['tokens_per_s'] or 0:,.0f} tokens/s",
+            markup=False,
+            soft_wrap=True,
+        )
+    chain.finish(model, workdir, _model_steps(model, chat=False), as_json)
+
+
+def _model_steps(model: artifact.Artifact, chat: bool) -> list[list[str]]:
+    """What a new model is for: a chat model is talked with; a pretrained one continues text first."""
+    corpus = chain.source_corpus(model)
+    steps = [["chat", model.name], ["serve", model.name]]
+    if not chat:
+        steps.insert(0, ["generate", model.name, chain.prompt_from(corpus)])
+    if corpus is not None:
+        steps.append(["eval", model.name, "--corpus", corpus.name])
+    return steps
 
 
 @app.command("sft", rich_help_panel=PIPELINE)
 @with_config(SFTConfig)
 def sft_command(
-    model: str = typer.Argument(..., help="A model artifact to fine-tune: path or name."),
-    chat: str = typer.Argument(..., help="A chat corpus artifact (from curate-chat): path or name."),
+    model: str = typer.Argument(None, help=input_help("model", " to fine-tune")),
+    chat: str = typer.Argument(None, help=input_help("chat", " (from curate-chat)")),
     workdir: Path = workdir_option(),
     name: str = typer.Option(None, help="Artifact name (default: <model>-sft-<recipe hash>)."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an unfinished run from its last checkpoint."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config: SFTConfig = None,
 ) -> None:
     """Fine-tune a model to chat: loss on the assistant's tokens only, short conversations packed.
@@ -97,30 +127,28 @@ def sft_command(
     """
     from autarky.train.sft import sft
 
-    result = sft(
-        artifact.resolve(workdir, model, "model"),
-        artifact.resolve(workdir, chat, "chat"),
-        workdir,
-        config,
-        name=name,
-        resume=resume,
-        force=force,
-    )
+    workdir, [base, conversations] = chain.inputs(workdir, (model, "model"), (chat, "chat"))
+    result = sft(base, conversations, workdir, config, name=name, resume=resume, force=force)
     m = result.metrics
-    adapter = f"; PEFT adapter in {result.path / 'adapter'}" if m["lora_rank"] else ""
-    console.print(
-        f"[green]model[/] {result.path}: {m['steps']} steps, held-out assistant loss "
-        f"{m['initial_val_loss']:.3f} → {m['val_loss']:.3f}, {m['val_bpb']:.3f} bits/byte{adapter}"
-    )
+    if not as_json:
+        adapter = f"; PEFT adapter in {result.path / 'adapter'}" if m["lora_rank"] else ""
+        out.print(
+            f"model {result.path}: {m['steps']} steps, held-out assistant loss "
+            f"{m['initial_val_loss']:.3f} → {m['val_loss']:.3f}, {m['val_bpb']:.3f} bits/byte{adapter}",
+            markup=False,
+            soft_wrap=True,
+        )
+    chain.finish(result, workdir, _model_steps(result, chat=True), as_json)
 
 
 @app.command("export", rich_help_panel=PIPELINE)
 @with_config(ExportConfig)
 def export_command(
-    model: str = typer.Argument(..., help="A model artifact: path or name."),
+    model: str = typer.Argument(None, help=input_help("model")),
     workdir: Path = workdir_option(),
     name: str = typer.Option(None, "--name", help="Artifact name (default: <model>-<dtype>-<recipe hash>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config: ExportConfig = None,
 ) -> None:
     """Write a model as one GGUF file for llama.cpp and Ollama, tokenizer and chat template inside.
@@ -129,10 +157,21 @@ def export_command(
     """
     from autarky.gguf import FILE, export
 
-    result = export(artifact.resolve(workdir, model, "model"), workdir, config, name=name, force=force)
+    workdir, [source] = chain.inputs(workdir, (model, "model"))
+    result = export(source, workdir, config, name=name, force=force)
     path = result.path / FILE
-    console.print(f"[green]export[/] {path}: {config.dtype}, {human_bytes(result.metrics.get('bytes', 0))}")
-    console.print(f"[dim]llama.cpp: llama-cli -m {path}   Ollama: a Modelfile saying FROM {path}[/]")
+    if not as_json:
+        out.print(
+            f"export {path}: {config.dtype}, {human_bytes(result.metrics.get('bytes', 0))}",
+            markup=False,
+            soft_wrap=True,
+        )
+        out.print(
+            f"llama.cpp: llama-cli -m {path}   Ollama: a Modelfile saying FROM {path}",
+            markup=False,
+            soft_wrap=True,
+        )
+    chain.finish(result, workdir, [["serve", source.name]], as_json)
 
 
 @app.command(rich_help_panel=PIPELINE)

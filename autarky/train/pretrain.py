@@ -84,7 +84,10 @@ def train(
     tokenizer = upstream[0]
     inputs = [tokens, tokenizer] + ([init] if init else [])
     recipe = asdict(config)
-    name = name or artifact.default_name(config.preset, "model", recipe, inputs)
+    source = next((i["name"] for i in tokens.manifest["inputs"] if i["kind"] == "corpus"), tokens.name)
+    name = name or artifact.default_name(
+        artifact.compose_name(source, config.preset), "model", recipe, inputs
+    )
     builder = artifact.Builder(workdir, "model", name, recipe, inputs, keep_on_error=True)
     if (found := builder.existing(force=force)) is not None:
         console.print(f"reusing finished model {found.path}")
