@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -52,6 +53,24 @@ def flags_of(f: dataclasses.Field) -> tuple[str, ...]:
     return (f"--{flag}/--no-{flag}",) if isinstance(default_of(f), bool) else (f"--{flag}",)
 
 
+def flag_of(f: dataclasses.Field) -> str:
+    """The one flag a message names: `--max-steps`, `--pii` (not `--pii/--no-pii`)."""
+    return flags_of(f)[0].partition("/")[0]
+
+
+def in_flags(message: str, cls: type, every_field: bool = False) -> str:
+    """`message` with the field names of `cls` written as the flags a user types (`max_steps` → `--max-steps`).
+
+    Only names with an underscore are rewritten unless `every_field`: a one-word field such as `seed`
+    is also an ordinary word, which a message may use as one.
+    """
+    flags = {f.name: flag_of(f) for f in dataclasses.fields(cls) if every_field or "_" in f.name}
+    if not flags:
+        return message
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    return re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: flags[m.group(1)], message)
+
+
 def _parameter(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
     """The Typer parameter for one field: mappings arrive as KEY=VALUE strings, parsed afterwards."""
     default, help_text = default_of(f), f.metadata.get("help", "")
@@ -68,7 +87,7 @@ def _parameter(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
         option = typer.Option(None, *flags_of(f), help=help_text, metavar=metavar, show_default=False)
         annotation = list[str] | None
     elif origin is list:
-        metavar = f.metadata.get("metavar", "TEXT")
+        metavar = f.metadata.get("metavar")  # else the CLI shows the flag's own name
         option = typer.Option(None, *flags_of(f), help=help_text + " Repeatable.", metavar=metavar)
         annotation = annotation | None
     else:
@@ -133,7 +152,10 @@ def with_config(cls: type, param: str = "config") -> Callable:
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
             values = {f.name: _value(f, hints[f.name], kwargs.pop(f.name)) for f in fields}
-            return command(**kwargs, **{param: cls(**values)})
+            try:
+                return command(**kwargs, **{param: cls(**values)})
+            except UserError as e:  # a stage checks its config by field; the user typed flags
+                raise UserError(in_flags(str(e), cls)) from e
 
         extra = [_parameter(f, _plain(hints[f.name])) for f in fields]
         wrapper.__signature__ = signature.replace(parameters=_ordered(own + extra))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from autarky import artifact, offline
 from autarky.cli import data, evaluation, models, training, workspace  # noqa: F401  (registers the verbs)
 from autarky.cli.common import app
@@ -30,8 +32,11 @@ VERB_ORDER = [
     "card",
     "report",
     "ls",
+    "show",
     "verify",
     "lineage",
+    "rm",
+    "gc",
 ]
 app.registered_commands.sort(key=lambda c: VERB_ORDER.index(c.name or c.callback.__name__))
 
@@ -45,7 +50,8 @@ def main() -> None:
         if e.code not in (0, None):
             raise
     except UserError as e:
-        console.print(f"[red]error:[/] {e}")
+        # one line, however long (the terminal wraps it, never mid-path), and taken as text, not markup
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -6,12 +6,60 @@ import os
 from pathlib import Path
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from autarky import offline
+from autarky import __version__, offline
 from autarky.console import UserError
 
-app = typer.Typer(
-    add_completion=False,
+# What a value looks like in help: a kind a user knows, never Python's type (`<int>`, `<list[str]>`).
+METAVARS = {"int": "N", "float": "NUMBER"}
+
+
+class _Argument(TyperArgument):
+    """An argument as usage lines write one, `MODEL` or `[MODEL]`, with no type beside it."""
+
+    def display_type_rich(self, ctx: typer.Context) -> None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw + ("..." if self.nargs != 1 else "")
+        return name if self.required else f"[{name}]"
+
+
+def _plain(params: list) -> list:
+    """Help that shows what to type: a flag nothing, a value N, NUMBER, PATH or its flag's name."""
+    for param in params:
+        if isinstance(param, TyperArgument):
+            param.__class__ = _Argument  # the same object, shown differently; it holds no state of its own
+            param.metavar = param.metavar or param.name.upper()
+        elif isinstance(param, TyperOption) and param.metavar is None:
+            element = param.bare_type().removeprefix("list[").removesuffix("]")
+            own = param.opts[0].lstrip("-").replace("-", "_").upper()  # --api-key API_KEY, as argparse
+            kind = "PATH" if param.type_descriptor.is_path else METAVARS.get(element, own)
+            param.metavar = "" if param.is_flag else kind
+    return params
+
+
+class Command(TyperCommand):
+    def get_params(self, ctx: typer.Context) -> list:
+        return _plain(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx: typer.Context) -> list:
+        return _plain(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """The Typer app whose every verb shows its options as a user types them."""
+
+    def command(self, *args, cls: type[TyperCommand] = Command, **kwargs):  # noqa: ANN201
+        return super().command(*args, cls=cls, **kwargs)
+
+
+app = App(
+    cls=Group,
+    add_completion=True,
     no_args_is_help=True,
     rich_markup_mode="rich",
     help="autarky: curate → tokenizer → tokenize → train → generate/chat/serve, offline, every artifact accountable.\n\n"
@@ -23,9 +71,18 @@ WORKDIR_HELP = "Workspace holding the artifacts ($AUTARKY_WORKDIR, default ./wor
 REACHABLE_VERBS = {"serve"}  # clients outside must reach it, so it stays in the host's network
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autarky {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def network(
     ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print autarky's version and exit."
+    ),
     isolate: bool = typer.Option(
         None,
         "--isolate/--no-isolate",
