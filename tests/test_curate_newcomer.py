@@ -14,7 +14,9 @@ from rich.console import Console
 from autarky.console import UserError
 from autarky.data.corpus import iter_documents
 from autarky.data.curate import CurateConfig, curate
+from autarky.data.langid import LANGUAGES
 from autarky.data.report import summary_table
+from tests.test_curate_readers import make_pdf
 
 LICENCE = (
     "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
@@ -123,3 +125,43 @@ def test_cli_exits_non_zero_when_nothing_is_read(tmp_path, monkeypatch, capsys):
     assert "read 0 documents from 1 file and kept none: 1 could not be read (" in " ".join(err.split())
     assert "prog: binary data, not text)" in " ".join(err.split())
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ languages and reader warnings
+
+
+def test_an_unknown_language_code_is_refused_with_the_codes_known(tmp_path):
+    (tmp_path / "a.txt").write_text(LICENCE)
+    for codes, guess in ((["xx"], ""), (["en", "eng"], " (did you mean en?)")):
+        with pytest.raises(UserError) as e:
+            curate([tmp_path / "a.txt"], tmp_path / "work", config=CurateConfig(languages=codes))
+        message = str(e.value)
+        bad = codes[-1]
+        assert message.startswith(f"--lang {bad}: not a language code fastText's lid.176 knows{guess};")
+        assert message.endswith(" ".join(sorted(LANGUAGES))) and " ru " in message
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_known_codes_are_the_models_own():
+    from autarky.data.langid import _get_detector
+
+    model = _get_detector()._get_model(low_memory=True)
+    labels, _ = model.predict("any text at all", k=-1, threshold=-1.0)
+    assert LANGUAGES == {label.removeprefix("__label__") for label in labels}
+
+
+def test_pypdf_warnings_go_to_the_report_not_the_terminal(tmp_path, capfd):
+    """Reproduces issue 12.9: pypdf printed "EOF marker not found" in the middle of the progress bar."""
+    pdf = make_pdf("A letter whose end marker was cut short, read all the same.")
+    (tmp_path / "cut.pdf").write_bytes(pdf.replace(b"%%EOF\n", b"%%EO"))
+    (tmp_path / "lost.pdf").write_bytes(pdf.replace(b"%%EOF\n", b""))
+    (tmp_path / "a.txt").write_text(LICENCE)
+    capfd.readouterr()
+    corpus = curate([tmp_path], tmp_path / "work", config=CurateConfig(near_dedup=False), workers=1)
+    assert "EOF" not in capfd.readouterr().err
+    m = corpus.metrics
+    warned = {(Path(w["path"]).name, w["warning"]) for w in m["reader_warnings"]}
+    assert {("cut.pdf", "EOF marker seems truncated"), ("lost.pdf", "EOF marker not found")} <= warned
+    assert m["documents_kept"] == 2 and [Path(e["path"]).name for e in m["errors"]] == ["lost.pdf"]
+    report = (corpus.path / "report.md").read_text()
+    assert f"- `{tmp_path}/lost.pdf`: EOF marker not found" in report

@@ -141,6 +141,10 @@ class CurateConfig:
             raise UserError(
                 f"--near-dup-threshold must be above 0 and at most 1, not {self.near_dup_threshold}"
             )
+        if self.languages:
+            from autarky.data.langid import check_languages
+
+            check_languages(self.languages)
         if not 0 <= self.language_min_score <= 1:
             raise UserError(f"the language score must be between 0 and 1, not {self.language_min_score}")
         positive = ("minhash_ngram", "minhash_bands", "minhash_rows", "shard_bytes", "langid_chars")

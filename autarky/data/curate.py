@@ -183,9 +183,16 @@ def process_source(
     position: int, source: Source, config: CurateConfig, steps: list[Step], parts: TaskParts, timed: Timed
 ) -> dict:
     """Read one source through the steps into the task's parts; returns its accounting."""
-    entry: dict = {"documents": 0, "kept": 0, "dropped": Counter(), "error": None, "skipped": []}
+    entry: dict = {
+        "documents": 0,
+        "kept": 0,
+        "dropped": Counter(),
+        "error": None,
+        "skipped": [],
+        "warnings": [],
+    }
     try:
-        for doc in timed.over(read_source(source, config.read_options, entry["skipped"])):
+        for doc in timed.over(read_source(source, config.read_options, entry["skipped"], entry["warnings"])):
             entry["documents"] += 1
             out, step, reason = run_steps(doc, steps)
             if out is None:
@@ -438,6 +445,7 @@ def curate(
             _write_stats(builder.dir, metrics, skipped)
             metrics["errors"] = errors[:MAX_LISTED]  # stats.json lists them all
             metrics["skipped"] = skipped[:MAX_LISTED]
+            metrics["reader_warnings"] = metrics["reader_warnings"][:MAX_LISTED]
             builder.metrics = metrics
             from autarky.data.report import write_report
 
@@ -487,10 +495,12 @@ def _map(found: list[Source], config: CurateConfig, parts: Path, executor: Execu
 
 def _gather(
     found: list[Source], summaries: list[dict], errors: list[dict], skipped: list[dict]
-) -> tuple[list[dict], dict[str, StepStats]]:
-    """Pass 1's accounting per source and per step; its read errors and passed-over members are appended."""
+) -> tuple[list[dict], dict[str, StepStats], list[dict]]:
+    """Pass 1's accounting per source and per step, and what reader libraries warned about; its read
+    errors and passed-over members are appended to `errors` and `skipped`."""
     stats: dict[str, StepStats] = {}
     per_source = [{"documents": 0, "kept": 0, "dropped": Counter()} for _ in found]
+    warnings: list[dict] = []
     for summary in summaries:
         stats = add_stats(stats, {k: StepStats.from_dict(v) for k, v in summary["steps"].items()})
         for position, entry in summary["sources"].items():
@@ -498,9 +508,10 @@ def _gather(
             acc["documents"] += entry["documents"]
             acc["dropped"].update(entry["dropped"])
             skipped += entry["skipped"]
+            warnings += entry["warnings"]
             if entry["error"]:
                 errors.append({"path": found[int(position)].path, "reason": entry["error"]})
-    return per_source, stats
+    return per_source, stats, warnings
 
 
 def _count_global_drops(per_source: list[dict], positions: np.ndarray, v: Verdicts) -> None:
@@ -524,7 +535,7 @@ def _assemble(
     parts: Path,
 ) -> tuple[dict, list[int]]:
     """Dedup, split and write the shards; fill the manifest's source entries; return metrics and lengths."""
-    per_source, stats = _gather(found, summaries, errors, skipped)
+    per_source, stats, warnings = _gather(found, summaries, errors, skipped)
     hashes, positions = read_keys(parts, summaries)
     verdicts = deduplicate(config, hashes, parts, summaries, stats)
     _count_global_drops(per_source, positions, verdicts)
@@ -536,6 +547,7 @@ def _assemble(
     metrics = _metrics(found, per_source, counts, errors, skipped, stats)
     metrics["bytes_kept"] = int(lengths.sum())
     metrics["languages"] = _languages(pa.chunked_array(writer.langs, pa.string()), lengths)
+    metrics["reader_warnings"] = warnings
     metrics["files_skipped"] = len(skipped)
     metrics["skipped_by_reason"] = dict(Counter(s["reason"] for s in skipped).most_common())
     metrics["length_bytes"] = _length_summary(lengths)

@@ -14,12 +14,16 @@ import bz2
 import gzip
 import io
 import json
+import logging
 import lzma
 import re
 import tarfile
+import warnings
 import xml.etree.ElementTree as ET
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from autarky.data.decode import decode, looks_binary
@@ -59,6 +63,7 @@ class Reading:
         )
         self.entries_left = max(options.min_entries, options.entries_per_kib * size // 1024)
         self.skipped: list[dict] = []
+        self.warnings: list[dict] = []  # what reader libraries said while reading: for the report
         self.within: list[str] = []  # the archive members being read, outermost first
 
     def take(self, n: int, what: str) -> None:
@@ -76,6 +81,11 @@ class Reading:
                 f"holds more {what} than the {self.entries_left:,} entries allowed for its size (a bomb?)"
             )
         self.entries_left -= n
+
+    def warn(self, message: str) -> None:
+        """Record what a library said about this source (or the archive member being read)."""
+        path = "!".join([self.name, *self.within])
+        self.warnings.append({"path": valid_unicode(path), "warning": valid_unicode(message)})
 
     def skip(self, member: str, reason: str) -> None:
         """Record an archive member that is not read, under its full name (`a.zip!x.tar!../y`)."""
@@ -386,6 +396,36 @@ def read_html(data: bytes, name: str, reading: Reading) -> Triples:
     yield "", text, {"encoding": encoding, "format": "html", "title": title}
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages[record.getMessage()] += 1
+
+
+@contextmanager
+def library_warnings(logger_name: str, reading: Reading) -> Iterator[None]:
+    """What a reader library logs or warns while it reads (pypdf's "EOF marker not found") goes to the
+    source's warnings, which the report lists, instead of the terminal; each message once, counted."""
+    logger, handler = logging.getLogger(logger_name), _Collect()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                handler.messages.update(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        for message, n in handler.messages.items():
+            reading.warn(message if n == 1 else f"{message} ({n} times)")
+
+
 @reader(".pdf")
 def read_pdf(data: bytes, name: str, reading: Reading) -> Triples:
     """Text of every page; each page's text is paid for, so a PDF of compressed pages stops at the budget."""
@@ -394,12 +434,13 @@ def read_pdf(data: bytes, name: str, reading: Reading) -> Triples:
 
     pages = []
     try:
-        pdf = PdfReader(io.BytesIO(data))
-        if pdf.is_encrypted:
-            raise SourceError("encrypted PDF")
-        for page in pdf.pages:
-            pages.append(page.extract_text() or "")
-            reading.take(len(pages[-1].encode("utf-8", "surrogatepass")), "PDF text")
+        with library_warnings("pypdf", reading):
+            pdf = PdfReader(io.BytesIO(data))
+            if pdf.is_encrypted:
+                raise SourceError("encrypted PDF")
+            for page in pdf.pages:
+                pages.append(page.extract_text() or "")
+                reading.take(len(pages[-1].encode("utf-8", "surrogatepass")), "PDF text")
     except (PyPdfError, ValueError, KeyError, TypeError) as e:
         raise SourceError(f"not a readable PDF: {e}") from e
     yield "", "\n\n".join(p.strip() for p in pages if p.strip()), {"format": "pdf", "pages": len(pages)}

@@ -7,8 +7,24 @@ The model file is part of the installed package, so nothing is downloaded. fastT
 
 from __future__ import annotations
 
+import difflib
+
+from autarky.console import UserError
 from autarky.data.document import Document
 from autarky.data.steps import Filter
+
+# The 176 languages lid.176 tells apart (mostly ISO 639-1; a few have only a 639-3 code, like `yue`).
+LANGUAGES = frozenset(
+    """
+    af als am an ar arz as ast av az azb ba bar bcl be bg bh bn bo bpy br bs bxr ca cbk ce ceb ckb
+    co cs cv cy da de diq dsb dty dv el eml en eo es et eu fa fi fr frr fy ga gd gl gn gom gu gv he
+    hi hif hr hsb ht hu hy ia id ie ilo io is it ja jbo jv ka kk km kn ko krc ku kv kw ky la lb lez
+    li lmo lo lrc lt lv mai mg mhr min mk ml mn mr mrj ms mt mwl my myv mzn nah nap nds ne new nl nn
+    no oc or os pa pam pfl pl pms pnb ps pt qu rm ro ru rue sa sah sc scn sco sd sh si sk sl so sq
+    sr su sv sw ta te tg th tk tl tr tt tyv ug uk ur uz vec vep vi vls vo wa war wuu xal xmf yi yo
+    yue zh
+    """.split()
+)
 
 _detector = None
 
@@ -36,6 +52,18 @@ def detect(text: str, max_chars: int = 4_000) -> tuple[str, float]:
         return "und", 0.0
     best = _get_detector().detect(sample(text, max_chars).replace("\n", " "), model="lite", k=1)[0]
     return best["lang"], float(best["score"])
+
+
+def check_languages(codes: list[str]) -> None:
+    """A `UserError` naming the codes language ID cannot tell, with the list of those it can."""
+    unknown = [c for c in codes if c not in LANGUAGES]
+    if unknown:
+        close = {m for c in unknown for m in difflib.get_close_matches(c.lower(), LANGUAGES, 1, 0.6)}
+        guess = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+        raise UserError(
+            f"--lang {', '.join(unknown)}: not a language code fastText's lid.176 knows{guess}; "
+            f"the {len(LANGUAGES)} it knows are: {' '.join(sorted(LANGUAGES))}"
+        )
 
 
 class LanguageFilter(Filter):

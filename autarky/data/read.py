@@ -245,11 +245,15 @@ def not_read(skipped: list[dict], errors: list[dict]) -> str:
 
 
 def read_source(
-    source: Source, options: ReadOptions, passed_over: list[dict] | None = None
+    source: Source,
+    options: ReadOptions,
+    passed_over: list[dict] | None = None,
+    warnings: list[dict] | None = None,
 ) -> Iterator[Document]:
     """The documents of one source file; raises SourceError when the file cannot be read or passes its budget.
 
-    Archive members not read are appended to `passed_over` as {path, reason} once the source is read.
+    Archive members not read are appended to `passed_over` as {path, reason} once the source is read,
+    and what reader libraries warned about to `warnings` as {path, warning}.
     """
     try:
         with open(source.location or source.path, "rb") as f:
@@ -273,6 +277,8 @@ def read_source(
     finally:
         if passed_over is not None:
             passed_over += reading.skipped
+        if warnings is not None:
+            warnings += reading.warnings
 
 
 class ReadCheck(Filter):

@@ -104,6 +104,9 @@ def write_report(out: Path, metrics: dict, lengths: list[int] | None = None) -> 
     if m["errors"]:
         lines += ["", f"## Files that could not be read ({m['files_failed']})", ""]
         lines += [f"- `{e['path']}`: {e['reason']}" for e in m["errors"]]
+    if m.get("reader_warnings"):
+        lines += ["", "## Reader warnings (the file was read; the library reading it noted this)", ""]
+        lines += [f"- `{w['path']}`: {w['warning']}" for w in m["reader_warnings"]]
     lines += _passed_over(m)
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
@@ -140,6 +143,8 @@ def summary_table(metrics: dict, title: str) -> Table:
     table.add_row("languages", "", langs)
     if m["files_failed"]:
         table.add_row("[red]unreadable files[/]", str(m["files_failed"]), "see stats.json")
+    if m.get("reader_warnings"):
+        table.add_row("reader warnings", "", f"{len(m['reader_warnings'])} listed in report.md")
     if m.get("seconds"):
         table.add_row("time", f"{m['seconds']:.1f} s", f"{m['bytes_in'] / 1e6 / m['seconds']:.1f} MB/s")
     return table
