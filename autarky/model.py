@@ -635,3 +635,29 @@ def load_pretrained(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+def chat_tuned(directory: Path) -> bool | None:
+    """Whether a model learned to chat (sft on a chat corpus) anywhere in its lineage.
+
+    A model only pretrained continues text rather than answering, and `chat` says so. None where
+    the lineage cannot tell: a checkpoint without a manifest, weights imported from elsewhere (their
+    maker's training is not recorded here), or an upstream model since deleted.
+    """
+    from autarky import artifact
+
+    if not (Path(directory) / artifact.MANIFEST).is_file():
+        return None
+    pending, unknown = [artifact.load(directory)], False
+    while pending:
+        model = pending.pop()
+        unknown |= model.config.get("origin") == "imported"
+        for ref in model.manifest["inputs"]:
+            if ref["kind"] == "chat":
+                return True
+            if ref["kind"] == "model":
+                try:
+                    pending.append(artifact.load(artifact.input_dir(model.workspace, ref), "model"))
+                except UserError:
+                    unknown = True
+    return None if unknown else False

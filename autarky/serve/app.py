@@ -32,6 +32,7 @@ class Settings:
     max_body_bytes: int = 1_000_000
     audit: AuditLog = field(default_factory=lambda: AuditLog(None))
     hosts: HostPolicy = field(default_factory=lambda: HostPolicy("127.0.0.1"))
+    chat_tuned: bool | None = None  # False: the web chat says the model only continues text
 
 
 def create_app(engine: Engine, settings: Settings, start_engine: bool = True) -> Gate:

@@ -12,12 +12,16 @@ gets a 408 first). A connection over `max_connections` is answered 503 and close
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
+import socket
 from dataclasses import dataclass
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from autarky.console import UserError
 
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
@@ -104,3 +108,26 @@ def server_config(app, host: str, port: int, limits: Limits) -> uvicorn.Config:
         http=functools.partial(GuardedH11Protocol, limits=limits),
         ws="none",
     )
+
+
+def check_port(host: str, port: int) -> None:
+    """A port that cannot be listened on is one sentence naming it, before the model loads (uvicorn,
+    finding it busy after, prints a trace)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise UserError(f"--host {host} is not an address this machine has ({e.strerror})") from e
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(
+                    f"port {port} on {host} is in use (another server?); choose one with --port"
+                ) from e
+            raise UserError(
+                f"cannot listen on {host} port {port} ({e.strerror}); choose --host or --port"
+            ) from e

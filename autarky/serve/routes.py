@@ -293,6 +293,7 @@ def model_card(state) -> dict:
         "created": state.created,
         "owned_by": "autarky",
         "max_model_len": state.engine.context,
+        "chat_tuned": state.settings.chat_tuned,  # null where the lineage cannot tell (autarky.model.chat_tuned)
     }
 
 
