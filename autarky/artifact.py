@@ -16,6 +16,7 @@ input can change unnoticed unless whoever changes it recomputes every hash downs
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
 import json
 import os
@@ -175,14 +176,33 @@ def is_plain_name(name: Any) -> bool:
 
 
 def input_dir(workspace: Path, ref: dict) -> Path:
-    """Where an input lives, `<workspace>/<kind>/<name>`, refusing any that would lead out of the workspace."""
+    """Where an input lives, `<workspace>/<kind>/<name>`, refusing any name that would lead out of it.
+
+    An input made in another workspace is named with that workspace too (`workspace`, relative to
+    this one, as `Builder.finish` records it): sealed like every field, and shown by `lineage` and
+    `verify`, so an input from elsewhere is never taken silently.
+    """
     kind, name = ref.get("kind"), ref.get("name")
     if not (is_plain_name(kind) and is_plain_name(name)):
         raise UserError(f"the input {kind!r}/{name!r} is not a kind/name inside the workspace")
-    path = Path(workspace) / kind / name
-    if path.resolve() != Path(workspace).resolve() / kind / name:  # a linked directory, in or out
+    base = Path(workspace)
+    if "workspace" in ref:
+        if not isinstance(ref["workspace"], str) or not ref["workspace"]:
+            raise UserError(f"the input {kind}/{name} names its workspace as {ref['workspace']!r}, not a path")
+        base = base / ref["workspace"]
+    path = base / kind / name
+    if path.resolve() != base.resolve() / kind / name:  # a linked directory, in or out
         raise UserError(f"the input {kind}/{name} is reached through a symbolic link, to {path.resolve()}")
     return path
+
+
+def input_ref(made_in: Path, given: Artifact) -> dict:
+    """How an artifact made in the workspace `made_in` names its input `given`, and where it lives
+    when that is another workspace (relative, so workspaces moved together still find each other)."""
+    ref = given.ref()
+    if given.workspace != Path(made_in).resolve():
+        ref["workspace"] = os.path.relpath(given.workspace, Path(made_in).resolve())
+    return ref
 
 
 REQUIRED = {  # the fields a manifest of each schema must have
@@ -296,6 +316,70 @@ def list_workspace(workdir: Path) -> tuple[list[Artifact], list[Path]]:
     return finished, unfinished
 
 
+def find(workdir: Path, ref: str) -> Artifact:
+    """An artifact of any kind: by path, by `kind/name`, by bare name, or `latest` (the newest of all).
+
+    A bare name two kinds share is refused with both spelled as `kind/name`; one not found is
+    answered with the names it may have meant.
+    """
+    for candidate in (Path(ref), Path(workdir) / ref):
+        if (candidate / MANIFEST).is_file() or (candidate.name == MANIFEST and candidate.is_file()):
+            return load(candidate)
+    finished, unfinished = list_workspace(workdir)
+    if ref == LATEST:
+        if not finished:
+            raise UserError(f"{workdir} holds no finished artifact yet; `autarky demo` makes a full set")
+        return max(finished, key=lambda a: a.manifest["created"])
+    named = [a for a in finished if a.name == ref]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        spelled = ", ".join(f"{a.kind}/{a.name}" for a in named)
+        raise UserError(f"{ref!r} names {len(named)} artifacts in {workdir}: {spelled}; say which, as kind/name")
+    as_path = [Path(ref)] if os.sep in ref else []  # a bare word is a name, even where a directory has it
+    for half in [*as_path, *(d for d in unfinished if d.name == ref)]:
+        if half.is_dir():
+            load(half)  # says what is wrong with it: unfinished, or a damaged manifest
+    names = sorted({a.name for a in finished})
+    close = [n for n in names if n.startswith(ref)] or difflib.get_close_matches(ref, names, n=3)
+    hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
+    raise UserError(f"no artifact called {ref!r} in {workdir}{hint} (`autarky ls -w {workdir}` lists them)")
+
+
+def dependents(workdir: Path, target: Artifact) -> list[Artifact]:
+    """Every finished artifact in the workspace made from `target`, directly or further down, nearest first."""
+    finished, _ = list_workspace(workdir)
+    made_from: dict[Path, list[Artifact]] = {}
+    for a in finished:
+        for ref in a.manifest["inputs"]:
+            try:
+                made_from.setdefault(input_dir(a.workspace, ref).resolve(), []).append(a)
+            except UserError:  # an input named out of bounds: verify names it; it leads nowhere here
+                continue
+    found, pending, seen = [], [target.path], {target.path}
+    while pending:
+        for a in made_from.get(pending.pop(0), []):
+            if a.path not in seen:
+                seen.add(a.path)
+                found.append(a)
+                pending.append(a.path)
+    return found
+
+
+def warn_dependents(workdir: Path, old: Artifact, most: int = 10) -> None:
+    """Name what replacing `old` leaves behind: artifacts made from it, which no longer verify."""
+    found = dependents(workdir, old)
+    if not found:
+        return
+    names = ", ".join(f"{a.kind}/{a.name}" for a in found[:most])
+    more = f" and {len(found) - most} more" if len(found) > most else ""
+    console.print(
+        f"[bold yellow]warning:[/] replacing {old.kind}/{old.name}, from which {len(found)} artifact(s) were "
+        f"made: {names}{more}; they fail `autarky verify` until each is made again",
+        soft_wrap=True,
+    )
+
+
 def scan(directory: Path) -> tuple[list[str], dict[str, str]]:
     """Every regular file under `directory`, dot-files included, and what is there that is not one.
 
@@ -382,6 +466,8 @@ class Builder:
         current = old is not None and old.manifest["schema"] == SCHEMA
         if current and not force and [i.get("seal") for i in old.manifest["inputs"]] == input_seals:
             return old
+        if old is not None:
+            warn_dependents(self.workdir, old)
         shutil.rmtree(self.dir)
         return None
 
@@ -406,7 +492,7 @@ class Builder:
             "recipe": self.recipe,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "network": offline.network_mode(),
-            "inputs": [a.ref() for a in self.inputs],
+            "inputs": [input_ref(self.workdir, a) for a in self.inputs],
             "sources": self.sources or [],
             "config": self.config,
             "files": hash_files(self.dir),
@@ -558,6 +644,39 @@ def check_files(directory: Path, recorded: dict, label: str) -> list[Problem]:
     return problems
 
 
+@dataclass
+class SourceCheck:
+    """The recorded source files verify could read again: how many, which changed, which are gone."""
+
+    checked: int = 0
+    changed: list[tuple[str, str]] = field(default_factory=list)  # (artifact, path as recorded)
+    missing: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_sources(artifacts: list[Artifact]) -> SourceCheck:
+    """Re-hash the source files the artifacts recorded (a corpus's, a chat corpus's) still at their paths.
+
+    A path recorded relative is looked up from the current directory, as curation read it. A source
+    changed since is no mismatch of the artifact, which holds its own copy of the text, but its
+    lineage no longer describes the file as it is now.
+    """
+    result, seen = SourceCheck(), set()
+    for a in artifacts:
+        for s in a.manifest.get("sources", []):
+            path, label = str(s.get("path", "")), f"{a.kind}/{a.name}"
+            if (path, s["sha256"]) in seen:
+                continue
+            seen.add((path, s["sha256"]))
+            if not path or not Path(path).is_file():
+                result.missing.append((label, path))
+                continue
+            result.checked += 1
+            size_differs = isinstance(s.get("bytes"), int) and Path(path).stat().st_size != s["bytes"]
+            if size_differs or sha256_file(Path(path)) != s["sha256"]:
+                result.changed.append((label, path))
+    return result
+
+
 def lineage(path: Path | str, max_sources: int = 10):
     """A Rich tree from an artifact down through its inputs to the source files of each corpus.
 
@@ -565,12 +684,15 @@ def lineage(path: Path | str, max_sources: int = 10):
     """
     from rich.tree import Tree
 
-    expanded: set[str] = set()
+    expanded: set[Path] = set()
+    root = load(path)
 
     def node(artifact: Artifact, tree: Tree | None) -> Tree:
         created, network = artifact.manifest.get("created", "?"), artifact.manifest.get("network", "?")
         label = f"[bold]{artifact.kind}[/]/{artifact.name}  [dim]{artifact.id[7:19]}  {created}  network: {network}[/]"
-        key = f"{artifact.kind}/{artifact.name}"
+        if artifact.workspace != root.workspace:
+            label += f"  [yellow]in the workspace {artifact.workspace}[/]"
+        key = artifact.path
         if key in expanded:
             return tree.add(label + "  [dim](shown above)[/]")
         expanded.add(key)
@@ -589,7 +711,7 @@ def lineage(path: Path | str, max_sources: int = 10):
                 )
         return branch
 
-    return node(load(path), None)
+    return node(root, None)
 
 
 def source_matcher(given: str) -> tuple[str, Callable[[dict], bool]]:

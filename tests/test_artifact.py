@@ -114,7 +114,7 @@ def test_one_changed_byte_in_any_artifact_kind_is_named(pipeline, trained, tmp_p
             text=True,
         )
         assert out.returncode == 1, kind
-        assert path.name in out.stderr and "MISMATCH" in out.stderr, (kind, out.stderr)
+        assert path.name in out.stdout and "MISMATCH" in out.stdout, (kind, out.stdout)
         path.write_bytes(original)
     ok = subprocess.run(
         [sys.executable, "-m", "autarky.cli", "verify", str(model_dir)],

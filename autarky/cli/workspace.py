@@ -1,18 +1,140 @@
-"""Verbs that look after the workspace: list, verify, trace lineage."""
+"""Verbs that look after the workspace: list, show, verify, trace lineage, remove, collect leftovers.
+
+What they find goes to stdout (`out`), so `| grep` and `> file` work; what they say about how they
+found it goes to stderr.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from autarky import artifact
+from autarky.cli import chain
 from autarky.cli.common import WORKSPACE, app, human_bytes, workdir_option
-from autarky.console import UserError, console
+from autarky.console import console, out
 
-# ---------------------------------------------------------------- workspace verbs
+NAME_HELP = (
+    "An artifact: its name, kind/name, its directory, or latest (default: the newest in the workspace)."
+)
+
+# ---------------------------------------------------------------- what an artifact is, at a glance
+
+
+def count(n: float) -> str:
+    """1234567 → 1.2M: a count read at a glance."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def key_metric(a: artifact.Artifact) -> str:
+    """The one number that says most about an artifact of its kind; empty when its stage recorded none."""
+    m = a.metrics
+    numbers = {k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if a.kind == "corpus" and "documents_kept" in numbers:
+        return f"{m['documents_kept']} docs, {human_bytes(m.get('bytes_kept', 0))}"
+    if a.kind == "chat" and "conversations_kept" in numbers:
+        return f"{m['conversations_kept']} conversations"
+    if a.kind == "tokenizer" and "vocab_size" in numbers:
+        return f"vocab {m['vocab_size']}"
+    if a.kind == "tokens" and isinstance(m.get("train"), dict):
+        total = sum(m[s].get("tokens", 0) for s in ("train", "val") if isinstance(m.get(s), dict))
+        return f"{count(total)} tokens"
+    if a.kind == "model" and "parameters" in numbers:
+        bpb = f", val {m['val_bpb']:.3f} bpb" if isinstance(m.get("val_bpb"), float) else ""
+        return f"{count(m['parameters'])} params{bpb}"
+    if a.kind == "eval" and isinstance(m.get("bpb"), dict) and m["bpb"]:
+        return ", ".join(f"{v:.3f} bpb" for v in list(m["bpb"].values())[:2])
+    if a.kind == "export" and "bytes" in numbers:
+        return f"{m.get('dtype', '')} {human_bytes(m['bytes'])}".strip()
+    if a.kind == "tasks" and isinstance(m.get("tasks"), dict):
+        return f"{len(m['tasks'])} tasks"
+    if a.kind in ("card", "report") and "evals" in numbers:
+        return f"{m['evals']} evals"
+    return ""
+
+
+def created(a: artifact.Artifact, date_only: bool = False) -> str:
+    """`2026-12-01T19:54:35+00:00` as `2026-12-01 19:54` (UTC), or the date alone."""
+    stamp = str(a.manifest.get("created", ""))
+    return stamp[:10] if date_only else stamp[:16].replace("T", " ")
+
+
+def next_steps(a: artifact.Artifact) -> list[list[str]]:
+    """The verbs that take this artifact further, as the stage that made it printed them."""
+    inputs = {ref["kind"]: ref["name"] for ref in a.manifest["inputs"]}
+    steps = {
+        "corpus": [["tokenizer", a.name]],
+        "chat": [["sft", chain.newest_name(a.workspace, "model") or "MODEL", a.name]],
+        "tokenizer": [["tokenize", inputs.get("corpus", "CORPUS"), a.name]],
+        "tokens": [["train", a.name]],
+        "eval": [["card", inputs.get("model", "MODEL")]],
+        "card": [["serve", inputs.get("model", "MODEL")]],
+        "export": [["serve", inputs.get("model", "MODEL")]],
+    }.get(a.kind, [])
+    if a.kind == "model":
+        steps = [["chat", a.name], ["serve", a.name], ["eval", a.name], ["export", a.name]]
+        if "chat" not in inputs:
+            steps.insert(0, ["generate", a.name, chain.FALLBACK_PROMPT])
+    return [*steps, ["lineage", a.name]]
+
+
+# ---------------------------------------------------------------- ls
+
+
+@dataclass
+class Column:
+    header: str
+    cells: list[str]
+
+    @property
+    def width(self) -> int:
+        return max(len(line) for text in [self.header, *self.cells] for line in text.split("\n"))
+
+
+def ls_columns(finished: list[artifact.Artifact], unfinished: list[Path], width: int) -> list[Column]:
+    """The columns of `ls`, the least useful left out until the table fits `width`; names are never cut.
+
+    Created loses its time and the id half its digits first, then inputs, id, created, size and the
+    metric go in that order. A name longer than the terminal still prints whole: the line runs on.
+    """
+    rows = [(a.kind, a.name, key_metric(a), human_bytes(artifact.artifact_size(a))) for a in finished]
+    rows += [(d.parent.name, d.name, "unfinished", "") for d in unfinished]
+    pad = [""] * len(unfinished)
+
+    def layout(short: bool, drop: set[str]) -> list[Column]:
+        columns = [
+            Column("kind", [r[0] for r in rows]),
+            Column("name", [r[1] for r in rows]),
+            Column("metric", [r[2] for r in rows]),
+            Column("size", [r[3] for r in rows]),
+            Column("created", [created(a, date_only=short) for a in finished] + pad),
+            Column("id", [a.id[7 : 15 if short else 19] for a in finished] + pad),
+            Column(
+                "inputs",
+                ["\n".join(f"{i['kind']}/{i['name']}" for i in a.manifest["inputs"]) for a in finished] + pad,
+            ),
+        ]
+        return [c for c in columns if c.header not in drop]
+
+    drops = ["inputs", "id", "created", "size", "metric"]
+    layouts = [layout(False, set()), *(layout(True, set(drops[:n])) for n in range(len(drops) + 1))]
+    for columns in layouts:
+        if table_width(columns) <= width:
+            return columns
+    return layouts[-1]
+
+
+def table_width(columns: list[Column]) -> int:
+    """What a Rich table with its default box needs: each column, its padding, and the rules between."""
+    return sum(c.width + 3 for c in columns) + 1
 
 
 @app.command("ls", rich_help_panel=WORKSPACE)
@@ -20,58 +142,160 @@ def ls_command(
     workdir: Path = workdir_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for programs."),
 ) -> None:
-    """List the workspace's artifacts.
+    """List the workspace's artifacts: kind, name, a key metric, size, when made, id and inputs.
+
+    Columns that do not fit the terminal are left out, the least useful first; names are never cut.
 
     Example: [bold]autarky ls -w work[/]
     """
     finished, unfinished = artifact.list_workspace(workdir)
     if as_json:
-        print(
-            json.dumps(
-                [{**a.ref(), "path": str(a.path), "created": a.manifest["created"]} for a in finished],
-                indent=2,
-            )
-        )
+        print(json.dumps([as_record(a) for a in finished], indent=2, ensure_ascii=False))
         return
     if not finished and not unfinished:
         console.print(f"{workdir} holds no artifacts yet; [bold]autarky demo[/] makes a full set.")
         return
-    table = Table(title=f"artifacts in {workdir}")
-    for column in ("kind", "name", "id", "created", "size", "inputs"):
-        table.add_column(column)
-    for a in finished:
-        inputs = ", ".join(f"{i['kind']}/{i['name']}" for i in a.manifest.get("inputs", []))
-        table.add_row(
-            a.kind, a.name, a.id[7:19], a.manifest["created"], human_bytes(artifact.artifact_size(a)), inputs
-        )
-    for d in unfinished:
-        table.add_row(d.parent.name, d.name, "[yellow]unfinished[/]", "", "", "")
-    console.print(table)
+    columns = ls_columns(finished, unfinished, out.width)
+    table = Table(title=f"artifacts in {workdir}", title_justify="left")
+    for column in columns:
+        table.add_column(column.header, no_wrap=True)
+    for row in zip(*(c.cells for c in columns), strict=True):
+        table.add_row(*row)
+    needed = table_width(columns)
+    out.print(table, width=max(needed, len(table.title)) if needed > out.width else None, crop=False)
+    if unfinished:
+        how = escape(chain.command(workdir, "gc", "--dry-run"))
+        console.print(f"{len(unfinished)} unfinished: [bold]{how}[/] says what they are", soft_wrap=True)
+
+
+def as_record(a: artifact.Artifact) -> dict:
+    """An artifact for a program: what `ls --json` printed before, with its size and key metric added."""
+    return {
+        **a.ref(),
+        "path": str(a.path),
+        "created": a.manifest["created"],
+        "bytes": artifact.artifact_size(a),
+        "metric": key_metric(a),
+    }
+
+
+# ---------------------------------------------------------------- show
+
+
+def find(workdir: Path, ref: str | None) -> artifact.Artifact:
+    """The artifact a workspace verb was asked about; with none named, the newest, and say which."""
+    found = artifact.find(workdir, ref or artifact.LATEST)
+    if ref in (None, artifact.LATEST):
+        console.print(f"the newest artifact in {workdir}: {found.kind}/{found.name}")
+    return found
 
 
 @app.command(rich_help_panel=WORKSPACE)
-def verify(path: Path = typer.Argument(..., help="An artifact directory.")) -> None:
+def show(
+    name: str = typer.Argument(None, help=NAME_HELP),
+    workdir: Path = workdir_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for programs."),
+) -> None:
+    """Say what an artifact is: kind, id, when made, size, what it was made from, its metrics, its files,
+    and the commands that take it further.
+
+    Example: [bold]autarky show latest -w work[/]
+    """
+    a = find(workdir, name)
+    files = a.manifest["files"]
+    steps = [chain.command(a.workspace, *step) for step in next_steps(a)]
+    if as_json:
+        record = {**as_record(a), "inputs": a.manifest["inputs"], "metrics": a.metrics, "files": files}
+        print(json.dumps({**record, "next": steps}, indent=2, ensure_ascii=False))
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("kind", a.kind)
+    grid.add_row("name", a.name)
+    grid.add_row("path", str(a.path))
+    grid.add_row("id", a.id)
+    grid.add_row("created", a.manifest["created"])
+    grid.add_row("size", f"{human_bytes(artifact.artifact_size(a))} in {len(files)} files")
+    made_from = [
+        f"{i['kind']}/{i['name']}" + (f" (in {i['workspace']})" if "workspace" in i else "")
+        for i in a.manifest["inputs"]
+    ]
+    sources = a.manifest.get("sources") or []
+    if sources:
+        made_from.append(f"{len(sources)} source files (`autarky lineage {a.name}` lists them)")
+    grid.add_row("made from", "\n".join(made_from) or "nothing: its first stage")
+    grid.add_row("metric", key_metric(a) or "-")
+    scalars = {k: v for k, v in a.metrics.items() if isinstance(v, int | float | str) and len(str(v)) < 60}
+    grid.add_row("metrics", "\n".join(f"{k}: {v}" for k, v in scalars.items()) or "-")
+    listed = sorted(files.items())[:20]
+    more = [f"… and {len(files) - 20} more"] if len(files) > 20 else []
+    grid.add_row("files", "\n".join([f"{rel}  {human_bytes(f['bytes'])}" for rel, f in listed] + more))
+    out.print(grid)
+    for line in steps:
+        out.print(f"next: {line}", markup=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------- verify, lineage
+
+
+@app.command(rich_help_panel=WORKSPACE)
+def verify(
+    name: str = typer.Argument(None, help=NAME_HELP),
+    workdir: Path = workdir_option(),
+    strict: bool = typer.Option(
+        False, "--strict", help="Also fail (exit 1) when a source file a corpus read has changed since."
+    ),
+) -> None:
     """Re-hash an artifact and everything upstream; name every mismatch and exit 1 if any.
 
-    Example: [bold]autarky verify work/model/demo[/]
+    Inputs made in another workspace are followed there, and said so. Source files a corpus read are
+    re-hashed where they still are: one changed since is a warning (the corpus holds its own copy of the
+    text, but its lineage no longer describes the file), an error with --strict.
+
+    Example: [bold]autarky verify latest[/]
     """
-    checked, problems = artifact.verify(path)
+    top = find(workdir, name)
+    checked, problems = artifact.verify(top.path)
     for a in checked:
-        console.print(f"checked {a.kind}/{a.name} ({len(a.manifest.get('files', {}))} files)")
-    if problems:
-        for p in problems:
-            console.print(f"[red]MISMATCH[/] {p}")
-        console.print(f"[red]{len(problems)} problem(s) found[/]")
+        where = f"  (in the workspace {chain.shown(a.workspace)})" if a.workspace != top.workspace else ""
+        files = len(a.manifest.get("files", {}))
+        out.print(f"checked {a.kind}/{a.name} ({files} files){where}", markup=False, soft_wrap=True)
+    sources = artifact.check_sources(checked)
+    report_sources(sources, strict)
+    for p in problems:
+        out.print(f"[red]MISMATCH[/] {escape(str(p))}", soft_wrap=True)
+    if problems or (strict and sources.changed):
+        out.print(f"[red]{len(problems) + (len(sources.changed) if strict else 0)} problem(s) found[/]")
         raise typer.Exit(1)
-    console.print(f"[green]ok[/]: {len(checked)} artifact(s) match their manifests")
-    console.print(
-        f"seal {checked[0].manifest.get('seal')}: record it, and the whole lineage can be checked against it"
+    out.print(f"[green]ok[/]: {len(checked)} artifact(s) match their manifests")
+    out.print(
+        f"seal {checked[0].manifest.get('seal')}: record it, and the whole lineage can be checked against it",
+        soft_wrap=True,
     )
+
+
+def report_sources(sources: artifact.SourceCheck, strict: bool, most: int = 10) -> None:
+    """One line of counts for the recorded source files, then each changed one."""
+    total = sources.checked + len(sources.missing)
+    if not total:
+        return
+    out.print(
+        f"sources: {total} recorded, {sources.checked} re-hashed, {len(sources.changed)} changed since, "
+        f"{len(sources.missing)} not checked (no longer at their recorded path)",
+        markup=False,
+        soft_wrap=True,
+    )
+    label = "[red]CHANGED[/]" if strict else "[yellow]changed[/]"
+    for artifact_name, path in sources.changed[:most]:
+        out.print(f"{label} source {artifact_name}: {escape(path)}", soft_wrap=True)
+    if len(sources.changed) > most:
+        out.print(f"… and {len(sources.changed) - most} more changed sources")
 
 
 @app.command(rich_help_panel=WORKSPACE)
 def lineage(
-    path: Path = typer.Argument(None, help="An artifact directory (not needed with --uses)."),
+    name: str = typer.Argument(None, help=NAME_HELP + " Not needed with --uses."),
     show_all: bool = typer.Option(False, "--all", help="List every source file, not the first ten."),
     uses: str = typer.Option(
         None,
@@ -85,25 +309,88 @@ def lineage(
     --uses answers a deletion or personal-data request: every corpus that read the file, and every
     tokenizer, model, eval and other artifact made from those corpora.
 
-    Example: [bold]autarky lineage work/model/demo[/] or [bold]autarky lineage --uses ~/docs/letter.txt[/]
+    Example: [bold]autarky lineage latest[/] or [bold]autarky lineage --uses work/sources/python-3.*-docs/library/json.txt[/]
     """
     if uses is None:
-        if path is None:
-            raise UserError("name an artifact directory, or a source file with --uses")
-        console.print(artifact.lineage(path, max_sources=10**9 if show_all else 10))
+        top = find(workdir, name)
+        out.print(artifact.lineage(top.path, max_sources=10**9 if show_all else 10), crop=False)
         return
     what, match = artifact.source_matcher(uses)
     found = artifact.uses(workdir, match)
     if not found:
-        console.print(f"no artifact in {workdir} was made from {what}")
+        out.print(f"no artifact in {workdir} was made from {what}", markup=False)
         return
     table = Table(title=f"artifacts in {workdir} made from {what}")
     for column in ("kind", "name", "id", "source as recorded", "documents"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "documents")
     for a, hits in found:
         per_source = (a.metrics.get("sources") or {}) if a.kind == "corpus" else {}
         for hit in hits:
             counts = per_source.get(hit.get("path")) or {}
             read = f"{counts['documents']} read, {counts['kept']} kept" if "kept" in counts else ""
             table.add_row(a.kind, a.name, a.id[7:19], str(hit.get("path")), read)
-    console.print(table)
+    out.print(table, crop=False)
+
+
+# ---------------------------------------------------------------- rm, gc
+
+
+@app.command("rm", rich_help_panel=WORKSPACE)
+def rm_command(
+    name: str = typer.Argument(..., help="The artifact to remove: its name, kind/name or directory."),
+    cascade: bool = typer.Option(
+        False,
+        "--cascade",
+        help="Also remove every artifact made from it (without, rm refuses and names them).",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed, remove nothing."),
+    workdir: Path = workdir_option(),
+) -> None:
+    """Remove a finished artifact; refuse while other artifacts were made from it, unless --cascade.
+
+    Example: [bold]autarky rm docs-tiny-1a2b3c4d --cascade --dry-run -w work[/]
+    """
+    from autarky import workspace
+
+    gone = workspace.removal(artifact.find(workdir, name), cascade)
+    verb = "would remove" if dry_run else "removed"
+    if not dry_run:
+        workspace.remove(gone)
+    for a in gone:
+        size = human_bytes(artifact.artifact_size(a))
+        out.print(f"{verb} {a.kind}/{a.name}  {size}  {chain.shown(a.path)}", markup=False, soft_wrap=True)
+
+
+@app.command(rich_help_panel=WORKSPACE)
+def gc(
+    workdir: Path = workdir_option(),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing."),
+    everything: bool = typer.Option(
+        False,
+        "--all",
+        help="Also remove runs that could be resumed (a checkpoint, curated parts) or were written in the last 10 minutes.",
+    ),
+) -> None:
+    """Remove unfinished run directories and staging left in the workspace; never a finished artifact.
+
+    A run that --resume would continue, or one written in the last minutes (it may still be running),
+    is listed and kept unless --all.
+
+    Example: [bold]autarky gc -w work --dry-run[/]
+    """
+    from autarky import workspace
+
+    found = workspace.leftovers(workdir)
+    if not found:
+        out.print(f"{workdir} holds nothing unfinished", markup=False)
+        return
+    table = Table(title=f"unfinished in {workdir}", title_justify="left")
+    for column in ("path", "what", "size", "action"):
+        table.add_column(column, no_wrap=column != "action")
+    for f in found:
+        removed = everything or not f.kept_because
+        action = ("would remove" if dry_run else "removed") if removed else f"kept: {f.kept_because}"
+        table.add_row(chain.shown(f.path), f.what, human_bytes(f.bytes), action)
+    if not dry_run:
+        workspace.collect(found, everything)
+    out.print(table, crop=False)
