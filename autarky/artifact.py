@@ -329,7 +329,7 @@ def find(workdir: Path, ref: str) -> Artifact:
     if ref == LATEST:
         if not finished:
             raise UserError(f"{workdir} holds no finished artifact yet; `autarky demo` makes a full set")
-        return max(finished, key=lambda a: a.manifest["created"])
+        return max(finished, key=lambda a: (a.manifest["created"], (a.path / MANIFEST).stat().st_mtime_ns))
     named = [a for a in finished if a.name == ref]
     if len(named) == 1:
         return named[0]

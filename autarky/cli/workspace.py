@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.console import Console, RenderableType
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from autarky import artifact
@@ -84,6 +86,22 @@ def next_steps(a: artifact.Artifact) -> list[list[str]]:
         if "chat" not in inputs:
             steps.insert(0, ["generate", a.name, chain.FALLBACK_PROMPT])
     return [*steps, ["lineage", a.name]]
+
+
+def print_whole(renderable: RenderableType) -> None:
+    """Print on stdout, every line whole: past the terminal's edge rather than cut or break a name."""
+    needed = Measurement.get(out, out.options.update_width(1 << 16), renderable).maximum
+    if needed <= out.width:
+        out.print(renderable, crop=False)
+        return
+    wide = Console(
+        file=out.file,
+        width=needed,
+        highlight=False,
+        force_terminal=out.is_terminal,
+        color_system=out.color_system,
+    )
+    wide.print(renderable, crop=False)
 
 
 # ---------------------------------------------------------------- ls
@@ -161,8 +179,7 @@ def ls_command(
         table.add_column(column.header, no_wrap=True)
     for row in zip(*(c.cells for c in columns), strict=True):
         table.add_row(*row)
-    needed = table_width(columns)
-    out.print(table, width=max(needed, len(table.title)) if needed > out.width else None, crop=False)
+    print_whole(table)
     if unfinished:
         how = escape(chain.command(workdir, "gc", "--dry-run"))
         console.print(f"{len(unfinished)} unfinished: [bold]{how}[/] says what they are", soft_wrap=True)
@@ -210,7 +227,7 @@ def show(
         return
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
-    grid.add_column(overflow="fold")
+    grid.add_column(no_wrap=True)
     grid.add_row("kind", a.kind)
     grid.add_row("name", a.name)
     grid.add_row("path", str(a.path))
@@ -231,7 +248,7 @@ def show(
     listed = sorted(files.items())[:20]
     more = [f"… and {len(files) - 20} more"] if len(files) > 20 else []
     grid.add_row("files", "\n".join([f"{rel}  {human_bytes(f['bytes'])}" for rel, f in listed] + more))
-    out.print(grid)
+    print_whole(grid)
     for line in steps:
         out.print(f"next: {line}", markup=False, soft_wrap=True)
 
@@ -313,7 +330,7 @@ def lineage(
     """
     if uses is None:
         top = find(workdir, name)
-        out.print(artifact.lineage(top.path, max_sources=10**9 if show_all else 10), crop=False)
+        print_whole(artifact.lineage(top.path, max_sources=10**9 if show_all else 10))
         return
     what, match = artifact.source_matcher(uses)
     found = artifact.uses(workdir, match)
@@ -329,7 +346,7 @@ def lineage(
             counts = per_source.get(hit.get("path")) or {}
             read = f"{counts['documents']} read, {counts['kept']} kept" if "kept" in counts else ""
             table.add_row(a.kind, a.name, a.id[7:19], str(hit.get("path")), read)
-    out.print(table, crop=False)
+    print_whole(table)
 
 
 # ---------------------------------------------------------------- rm, gc
@@ -348,7 +365,7 @@ def rm_command(
 ) -> None:
     """Remove a finished artifact; refuse while other artifacts were made from it, unless --cascade.
 
-    Example: [bold]autarky rm docs-tiny-1a2b3c4d --cascade --dry-run -w work[/]
+    Example: [bold]autarky rm latest --cascade --dry-run -w work[/]
     """
     from autarky import workspace
 
@@ -384,13 +401,18 @@ def gc(
     if not found:
         out.print(f"{workdir} holds nothing unfinished", markup=False)
         return
-    table = Table(title=f"unfinished in {workdir}", title_justify="left")
-    for column in ("path", "what", "size", "action"):
-        table.add_column(column, no_wrap=column != "action")
-    for f in found:
-        removed = everything or not f.kept_because
-        action = ("would remove" if dry_run else "removed") if removed else f"kept: {f.kept_because}"
-        table.add_row(chain.shown(f.path), f.what, human_bytes(f.bytes), action)
-    if not dry_run:
+    gone = (
         workspace.collect(found, everything)
-    out.print(table, crop=False)
+        if not dry_run
+        else [f for f in found if everything or not f.kept_because]
+    )
+    paths = [str(f.path.relative_to(workdir)) for f in found]
+    width = max(len(p) for p in paths)
+    for f, path in zip(found, paths, strict=True):
+        action = ("would remove" if dry_run else "removed") if f in gone else "kept"
+        why = f"; {f.kept_because}" if f.kept_because else ""
+        line = f"{action:<12}  {path:<{width}}  {human_bytes(f.bytes):>9}  {f.what}{why}"
+        out.print(line, markup=False, soft_wrap=True)
+    kept = len(found) - len(gone)
+    if kept and not everything:
+        console.print(f"{kept} kept; [bold]--all[/] removes them too")
