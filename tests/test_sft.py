@@ -18,6 +18,7 @@ from autarky.data.chat import curate_chat
 from autarky.model import Llama, ModelConfig, load_pretrained, save_pretrained
 from autarky.tokenizer import Tokenizer, _write_files, train_bpe
 from autarky.train.config import SFTConfig
+from autarky.train.plan import human
 from autarky.train.sft import IGNORE, assistant_mask, example, pack, sft
 from tests.conftest import cli_env
 
@@ -293,6 +294,13 @@ def test_the_cli_fine_tunes_and_reports_the_held_out_loss(toy):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "held-out assistant loss" in out.stderr and "PEFT adapter in" in out.stderr
+    assert "held-out assistant loss" in out.stdout and "PEFT adapter in" in out.stdout
     made = artifact.load(toy.work / "model" / "cli")
+    # before the run: what trains on how much, and the steps; the bar shows a smoothed loss
+    m, slots = made.metrics, made.metrics["rows"] * 64
+    trained = f"{human(m['trainable_parameters'])} of {human(m['parameters'])} parameters"
+    ratio = f"{slots / m['trainable_parameters']:.2f} tokens per parameter"
+    assert f"fine-tuning {trained} on {slots:,} tokens ({ratio})" in out.stderr
+    assert "steps: 3 (--max-steps), 256 tokens a step" in out.stderr
+    assert "(smoothed)" in out.stderr
     assert made.config["lora_rank"] == 2 and (made.path / "adapter" / "adapter_model.safetensors").is_file()

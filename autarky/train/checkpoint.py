@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -43,7 +42,7 @@ def save_checkpoint(
         tensors[f"model/{name}"] = p.detach().cpu()
         for key, value in optimizer.state.get(p, {}).items():
             tensors[f"optimizer/{name}/{key}"] = value.detach().cpu()
-    header = {"step": step, "elapsed": elapsed, "config": asdict(config)}
+    header = {"step": step, "elapsed": elapsed, "config": config.recipe()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata={"autarky": json.dumps(header)})
     os.replace(tmp, path)
@@ -88,7 +87,7 @@ def _check_header(path: Path, header, config: TrainConfig) -> tuple[int, float]:
     step, elapsed = (header.get("step"), header.get("elapsed")) if isinstance(header, dict) else (None, None)
     if (
         type(step) is not int
-        or not 0 <= step <= config.max_steps
+        or not 0 <= step <= (config.max_steps if config.max_steps is not None else step)
         or type(elapsed) not in (int, float)
         or not 0 <= elapsed < math.inf
         or not isinstance(header.get("config"), dict)
@@ -96,10 +95,11 @@ def _check_header(path: Path, header, config: TrainConfig) -> tuple[int, float]:
         raise UserError(
             f"the checkpoint {path} has no valid step, time and config; delete the run directory or pass --force to start over"
         )
-    if differences := changed_settings(header["config"], asdict(config)):
+    if differences := changed_settings(header["config"], config.recipe()):
         raise UserError(
             f"cannot resume {path.parent}: the config changed: {', '.join(differences)}; "
-            "use the same settings or --force to start over"
+            "resume with the same settings (then train the finished model more with --init), "
+            "or pass --force to start over"
         )
     return step, float(elapsed)
 
@@ -114,6 +114,25 @@ def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], expected: dict)
             f"the checkpoint {path} does not fit this model (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, wrong shape or dtype {sorted(wrong)[:3]}); pass --force to start over"
         )
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run the user stopped: its run directory, and the step its checkpoint holds (None: none yet)."""
+
+    def __init__(self, run_dir: Path, step: int | None):
+        super().__init__(f"interrupted; checkpoint at step {step} in {run_dir}")
+        self.run_dir, self.step = run_dir, step
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint holds, from its header alone; None when there is none to resume from."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = json.loads((f.metadata() or {}).get("autarky", "null"))
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    step = header.get("step") if isinstance(header, dict) else None
+    return step if type(step) is int else None
 
 
 def changed_settings(old: dict, new: dict) -> list[str]:

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from autarky.console import UserError
 from autarky.options import setting
 
+# Settings that say how a run keeps itself, not what it computes: left out of the recipe, so
+# changing one neither renames a model nor stops a run from resuming.
+RUN_SETTINGS = ("checkpoint_minutes",)
+
 
 @dataclass
 class TrainConfig:
+    default_steps: ClassVar[int] = 1000  # --max-steps when neither it nor --minutes is given
+
     preset: str = setting("tiny", help="Model size: tiny (~4M), small (~30M), base (~125M), 1b.")
     seq_len: int = setting(256, help="Tokens per training window.")
     batch_size: int = setting(16, help="Windows per micro-batch.")
     grad_accum: int = setting(1, help="Micro-batches per optimizer step.")
-    max_steps: int = setting(1000, help="Optimizer steps (the run ends at this or --minutes).")
+    max_steps: int | None = setting(
+        None,
+        help="Optimizer steps: the run ends at this or at --minutes, whichever comes first "
+        "(default 1000; with --minutes alone, no step limit: the minutes decide).",
+    )
     minutes: float | None = setting(None, help="Wall-clock budget; the schedule follows elapsed time.")
     lr: float = setting(2e-3, help="Peak learning rate.")
     min_lr_ratio: float = setting(0.1, help="The schedule's floor, as a share of --lr.")
@@ -29,26 +40,43 @@ class TrainConfig:
     eval_interval: int = setting(100, help="Steps between validation evaluations.")
     eval_tokens: int = setting(16384, help="Validation tokens each evaluation scores.")
     checkpoint_interval: int = setting(100, help="Steps between checkpoints (what --resume starts from).")
+    checkpoint_minutes: float = setting(
+        5.0, help="Also checkpoint when this many minutes have passed since the last one (0: by steps only)."
+    )
     seed: int = setting(1337, help="Seeds the initial weights and the choice of every batch.")
     precision: str = setting("fp32", help="fp32, or bf16 autocast.")
+
+    def __post_init__(self) -> None:
+        # Resolved here rather than defaulted, so --minutes alone is not cut short by a step cap, and
+        # a run given neither keeps the recipe (and name) it always had.
+        if self.max_steps is None and self.minutes is None:
+            self.max_steps = self.default_steps
+
+    def recipe(self) -> dict:
+        """The settings that shape the model: what its manifest records and its name hashes."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_SETTINGS}
 
     def validate(self) -> None:
         if self.schedule not in ("cosine", "wsd"):
             raise UserError(f"unknown schedule {self.schedule!r}; choose cosine or wsd")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
-        if self.max_steps < 1 or self.batch_size < 1 or self.seq_len < 2 or self.grad_accum < 1:
-            raise UserError("max_steps, batch_size and grad_accum must be at least 1, and seq_len at least 2")
+        if (self.max_steps is not None and self.max_steps < 1) or self.batch_size < 1 or self.grad_accum < 1:
+            raise UserError("--max-steps, --batch-size and --grad-accum must be at least 1")
+        if self.seq_len < 2:
+            raise UserError("--seq-len must be at least 2")
         if self.minutes is not None and self.minutes <= 0:
             raise UserError("--minutes must be positive")
         if self.eval_interval < 1 or self.checkpoint_interval < 1 or self.eval_tokens < 1:
-            raise UserError("--eval-interval, --checkpoint-interval and eval_tokens must be at least 1")
+            raise UserError("--eval-interval, --checkpoint-interval and --eval-tokens must be at least 1")
+        if self.checkpoint_minutes < 0:
+            raise UserError("--checkpoint-minutes must be 0 (by steps only) or positive")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0 or self.grad_clip <= 0:
             raise UserError(
-                "--lr and --grad-clip must be positive, min_lr_ratio in [0, 1], --warmup-steps ≥ 0"
+                "--lr and --grad-clip must be positive, --min-lr-ratio in [0, 1], --warmup-steps ≥ 0"
             )
         if not 0 < self.decay_fraction <= 1:
-            raise UserError("decay_fraction must be in (0, 1]")
+            raise UserError("--decay-fraction must be in (0, 1]")
 
 
 def lr_at(config: TrainConfig, step: int, progress_fraction: float) -> float:
@@ -72,10 +100,16 @@ class SFTConfig(TrainConfig):
     The architecture is the input model's, so there is no preset to choose.
     """
 
+    default_steps: ClassVar[int] = 200
+
     preset: str | None = setting(None, cli=False, help="Unused: sft keeps its input model's architecture.")
     seq_len: int = setting(512, help="Tokens per packed row; a longer conversation is cut to it.")
     batch_size: int = setting(8, help="Packed rows per micro-batch.")
-    max_steps: int = setting(200, help="Optimizer steps (the run ends at this or --minutes).")
+    max_steps: int | None = setting(
+        None,
+        help="Optimizer steps: the run ends at this or at --minutes, whichever comes first "
+        "(default 200; with --minutes alone, no step limit: the minutes decide).",
+    )
     lr: float = setting(1e-4, help="Peak learning rate (fine-tuning wants far less than pretraining).")
     warmup_steps: int = setting(10, help="Steps of linear warmup from 0 to --lr.")
     weight_decay: float = setting(0.0, help="AdamW weight decay on matrices.")

@@ -14,6 +14,8 @@ micro-batch is fetched while the device works on the current one.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -22,8 +24,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from autarky.console import console
 from autarky.console import progress as progress_bar
 from autarky.train.config import TrainConfig, lr_at
+from autarky.train.plan import estimate
 
 LOG_INTERVAL = 10
 STEP_KEYS = ("step", "loss", "lr", "grad_norm")  # what a step logs; anything else came from `evaluate`
@@ -77,54 +81,62 @@ def fit(
     """Train from `progress` until `config.max_steps` or the `config.minutes` budget; return where it ended.
 
     The last step is no special case (nanochat's `last_step`): the loop top evaluates, logs and
-    checkpoints whenever due, the last step included, and only then leaves or takes a step.
+    checkpoints whenever due, the last step included, and only then leaves or takes a step. Ctrl-C
+    is taken at the loop top too, where the model and optimizer are whole: the run checkpoints
+    there and raises KeyboardInterrupt, so `--resume` takes the very steps it would have taken.
     """
     device = next(model.parameters()).device
     autocast = autocast_for(config.precision, device)
-    budget = config.minutes * 60 if config.minutes else None
     first, step, history = progress.step, progress.step, progress.history
-    start, paused, tokens, rate = time.perf_counter(), 0.0, 0, 0.0
-    elapsed = lambda: progress.elapsed + time.perf_counter() - start  # noqa: E731
-    fraction = lambda s: max(s / config.max_steps, elapsed() / budget if budget else 0.0)  # noqa: E731
+    session = Session(config, progress.elapsed, first)
     # A resumed run whose checkpoint step was evaluated before the kill is not evaluated again.
     evaluated = bool(history) and history[-1]["step"] == step and any(k not in STEP_KEYS for k in history[-1])
+    smoothed = SmoothedLoss(history)
     pending, trained = [], {}
     x, y = batches(step, 0)
-    with progress_bar() as bar:
+    with progress_bar() as bar, StopRequest() as stop:
         task = bar.add_task("train", total=config.max_steps, completed=step)
         while True:
-            last_step = step >= config.max_steps or fraction(step) >= 1.0
+            last_step = session.fraction(step) >= 1.0
+            stopping = stop.asked and not last_step
             pending.append({"step": step, **trained})
             evaluate_now = (last_step or step % config.eval_interval == 0) and not (
-                evaluated and step == first
+                (evaluated and step == first) or stopping
             )
-            save_now = step > first and (last_step or step % config.checkpoint_interval == 0)
+            save_now = step > first and (
+                last_step or stopping or step % config.checkpoint_interval == 0 or session.checkpoint_due()
+            )
             if evaluate_now or save_now or last_step or step % LOG_INTERVAL == 0:
                 records = read_back(pending)  # the host waits for the device here, and only here
-                pause = time.perf_counter()
-                rate = tokens / max(pause - start - paused, 1e-9)
+                session.pause(step, last_step)
                 if evaluate_now:
                     records[-1].update(evaluate())
+                    session.evaluations += 1
                 pending = [r for r in records if len(r) > 1]
                 history.extend(pending)
                 log(pending)
                 if save_now:
-                    checkpoint(step, elapsed())
-                if "loss" in records[-1]:
-                    bar.update(task, description=f"train loss {records[-1]['loss']:.3f} · {rate:,.0f} tok/s")
+                    checkpoint(step, session.elapsed())
+                    session.saved()
+                if loss := smoothed.update(pending):
+                    bar.update(
+                        task, description=f"train loss {loss:.3f} (smoothed) · {session.rate:,.0f} tok/s"
+                    )
                 pending = []
-                paused += time.perf_counter() - pause
+                session.resume()
             if last_step:
                 break
+            if stopping:
+                raise KeyboardInterrupt
 
-            lr = lr_at(config, step, fraction(step))
+            lr = lr_at(config, step, session.fraction(step))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for micro in range(config.grad_accum):
                 with autocast():
                     _, loss = model(x, y)
-                tokens += x.numel()
+                session.tokens += x.numel()
                 # Fetch the next micro-batch while the device computes this one's backward pass.
                 x, y = batches(step, micro + 1) if micro + 1 < config.grad_accum else batches(step + 1, 0)
                 (loss / config.grad_accum).backward()
@@ -134,13 +146,104 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             trained = {"loss": loss_sum / config.grad_accum, "lr": lr, "grad_norm": grad_norm}
             step += 1
-            total = (
-                config.max_steps
-                if not budget
-                else min(config.max_steps, max(step, round(step / fraction(step))))
-            )
-            bar.update(task, completed=step, total=total)
-    return Progress(step, elapsed(), history, rate if tokens else None)
+            bar.update(task, completed=step, total=session.total(step))
+    return Progress(step, session.elapsed(), history, session.rate if session.tokens else None)
+
+
+class Session:
+    """This session's clock: seconds spent (earlier sessions included), the share of the budget used,
+    training speed (evaluations and checkpoints excluded), when a checkpoint is due by time, and the
+    estimate printed once the first steps are timed."""
+
+    def __init__(self, config: TrainConfig, before: float, first: int):
+        self.config, self.before, self.first = config, before, first
+        self.budget = config.minutes * 60 if config.minutes else None
+        self.start = self.last_save = time.perf_counter()
+        self.paused_at, self.paused, self.tokens, self.rate, self.evaluations = 0.0, 0.0, 0, 0.0, 0
+        self.estimated = False
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def fraction(self, step: int) -> float:
+        """How much of the run is done: by steps or by time, whichever is further."""
+        by_steps = step / self.config.max_steps if self.config.max_steps else 0.0
+        return max(by_steps, self.elapsed() / self.budget if self.budget else 0.0)
+
+    def total(self, step: int) -> int | None:
+        """The steps the run will take, as far as is known: for the bar."""
+        if not self.budget:
+            return self.config.max_steps
+        projected = max(step, round(step / max(self.fraction(step), 1e-9)))
+        return min(self.config.max_steps, projected) if self.config.max_steps else projected
+
+    def checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_minutes * 60
+        return every > 0 and time.perf_counter() - self.last_save >= every
+
+    def saved(self) -> None:
+        self.last_save = time.perf_counter()
+
+    def pause(self, step: int, last_step: bool) -> None:
+        """The clock stops for evaluation and checkpoints; the first pause after some steps prints
+        the estimate (and any warning) from how long they took."""
+        self.paused_at = time.perf_counter()
+        training = max(self.paused_at - self.start - self.paused, 1e-9)
+        self.rate = self.tokens / training
+        if self.estimated or step == self.first or last_step:
+            return
+        self.estimated = True
+        per_eval = self.paused / self.evaluations if self.evaluations else 0.0
+        line, warning = estimate(self.config, step, training / (step - self.first), per_eval, self.elapsed())
+        console.print(line)
+        if warning:
+            console.print(f"[bold yellow]warning:[/] {warning}")
+
+    def resume(self) -> None:
+        self.paused += time.perf_counter() - self.paused_at
+
+
+class SmoothedLoss:
+    """An exponential moving average of the training loss, debiased as Adam's moments are: what the
+    bar shows, as a single step's loss jumps with its batch."""
+
+    BETA = 0.9
+
+    def __init__(self, history: list[dict]):
+        self.value, self.count = 0.0, 0
+        self.update(history)
+
+    def update(self, records: list[dict]) -> float | None:
+        for r in records:
+            if "loss" in r:
+                self.value = self.BETA * self.value + (1 - self.BETA) * r["loss"]
+                self.count += 1
+        return self.value / (1 - self.BETA**self.count) if self.count else None
+
+
+class StopRequest:
+    """Ctrl-C during a run asks it to stop at the next step boundary, where its state is whole and can
+    be checkpointed; a second Ctrl-C stops at once, as it would anywhere. Only the main thread gets
+    signals, and a process that ignores Ctrl-C (a background job) keeps ignoring it."""
+
+    def __init__(self):
+        self.asked, self.previous = False, None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous not in (signal.SIG_IGN, None):
+                self.previous = signal.signal(signal.SIGINT, self._ask)
+        return self
+
+    def _ask(self, signum, frame) -> None:
+        self.asked = True
+        signal.signal(signal.SIGINT, self.previous)
+        console.print("[yellow]stopping after this step, with a checkpoint (Ctrl-C again stops at once)[/]")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def read_back(records: list[dict]) -> list[dict]:

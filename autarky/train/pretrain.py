@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ from autarky.train.checkpoint import (
     CHECKPOINT,
     HISTORY,
     PICKLED_CHECKPOINT,
+    Interrupted,
+    checkpoint_step,
     history_log,
     load_checkpoint,
     read_history,
@@ -41,6 +44,7 @@ from autarky.train.checkpoint import (
 )
 from autarky.train.config import TrainConfig
 from autarky.train.loop import Batches, Progress, autocast_for, fit, run_metrics
+from autarky.train.plan import plan_of, size_line, size_warning, steps_line
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -83,26 +87,55 @@ def train(
         raise UserError(f"{tokens.path} names no tokenizer among its inputs")
     tokenizer = upstream[0]
     inputs = [tokens, tokenizer] + ([init] if init else [])
-    recipe = asdict(config)
+    recipe = config.recipe()
     source = next((i["name"] for i in tokens.manifest["inputs"] if i["kind"] == "corpus"), tokens.name)
     name = name or artifact.default_name(
         artifact.compose_name(source, config.preset), "model", recipe, inputs
     )
     builder = artifact.Builder(workdir, "model", name, recipe, inputs, keep_on_error=True)
+    if not force:
+        refuse_to_change(builder, f"autarky train {tokens.name} --init {name}")
     if (found := builder.existing(force=force)) is not None:
         console.print(f"reusing finished model {found.path}")
         return found
-    run = prepare(builder.dir, tokens, tokenizer, config, resume, force, init)
-    with builder:
-        log = history_log(builder.dir, run.progress.history)
+    with interruptible(builder.dir):
+        run = prepare(builder.dir, tokens, tokenizer, config, resume, force, init)
+        with builder:
+            log = history_log(builder.dir, run.progress.history)
 
-        def checkpoint(step: int, elapsed: float) -> None:
-            save_checkpoint(builder.dir / CHECKPOINT, run.model, run.optimizer, step, elapsed, config)
+            def checkpoint(step: int, elapsed: float) -> None:
+                save_checkpoint(builder.dir / CHECKPOINT, run.model, run.optimizer, step, elapsed, config)
 
-        progress = fit(
-            run.model, run.optimizer, run.batches, run.evaluate, config, run.progress, log, checkpoint
+            progress = fit(
+                run.model, run.optimizer, run.batches, run.evaluate, config, run.progress, log, checkpoint
+            )
+            return seal(builder, run.model, tokenizer, config, progress)
+
+
+def refuse_to_change(builder: artifact.Builder, train_more: str) -> None:
+    """A finished model is never changed: asked for with other settings (a larger budget, say) under
+    its name, say how to train it more instead."""
+    try:
+        old = artifact.load(builder.dir, "model") if (builder.dir / artifact.MANIFEST).is_file() else None
+    except UserError:
+        return  # damaged: Builder.existing makes it again
+    if old is not None and old.manifest.get("recipe") != builder.recipe:
+        raise UserError(
+            f"{builder.dir} holds a finished model ({old.metrics.get('steps')} steps) made from other "
+            f"inputs or settings; to train it more, start a new model from its weights with "
+            f"`{train_more}` (a fresh optimizer and schedule), choose another --name, "
+            "or pass --force to replace it"
         )
-        return seal(builder, run.model, tokenizer, config, progress)
+
+
+@contextmanager
+def interruptible(run_dir: Path) -> Iterator[None]:
+    """A Ctrl-C becomes `Interrupted`, which says where the run's checkpoint is, so the CLI can say
+    how to resume it."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        raise Interrupted(run_dir, checkpoint_step(run_dir / CHECKPOINT)) from e
 
 
 def prepare(
@@ -152,10 +185,11 @@ def prepare(
         )
         return {"val_loss": score.loss, "val_bpb": score.bpb}
 
-    tokens_per_step = config.batch_size * config.seq_len * config.grad_accum
-    console.print(
-        f"training {model.num_params() / 1e6:.2f}M parameters, {tokens_per_step} tokens/step, on {len(train_data):,} tokens"
-    )
+    plan = plan_of(config, model.num_params(), len(train_data))
+    console.print(f"training {'from ' + init.name + ': ' if init else ''}{size_line(plan)}")
+    console.print(steps_line(plan))
+    if warning := size_warning(plan):
+        console.print(f"[bold yellow]warning:[/] {warning}")
     return Run(model, optimizer, batches, evaluate, progress)
 
 

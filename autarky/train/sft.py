@@ -25,7 +25,7 @@ import json
 import random
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -51,7 +51,14 @@ from autarky.train.checkpoint import (
 )
 from autarky.train.config import SFTConfig
 from autarky.train.loop import Progress, autocast_for, fit, run_metrics
-from autarky.train.pretrain import TOKENIZER_FILES, plot_losses, settle_run_dir
+from autarky.train.plan import plan_of, size_line, steps_line
+from autarky.train.pretrain import (
+    TOKENIZER_FILES,
+    interruptible,
+    plot_losses,
+    refuse_to_change,
+    settle_run_dir,
+)
 
 IGNORE = -100  # the target of a token that carries no loss
 MODEL_FILES = (*TOKENIZER_FILES, "chat_template.jinja", "generation_config.json")  # kept from the input
@@ -198,24 +205,34 @@ def sft(
     config.validate()
     if chat.kind != "chat":
         raise UserError(f"{chat.path} is a {chat.kind}; sft learns from a chat corpus (autarky curate-chat)")
-    recipe = asdict(config)
+    recipe = config.recipe()
     prefix = f"{model.name}-{'lora' if config.lora_rank else 'sft'}"
     name = name or artifact.default_name(prefix, "model", recipe, [model, chat])
     builder = artifact.Builder(workdir, "model", name, recipe, [model, chat], keep_on_error=True)
+    if not force:
+        refuse_to_change(builder, f"autarky sft {name} {chat.name}")
     if (found := builder.existing(force=force)) is not None:
         console.print(f"reusing finished model {found.path}")
         return found
-    run = prepare(builder.dir, model, chat, config, resume, force)
-    with builder:
-        log = history_log(builder.dir, run.progress.history)
+    with interruptible(builder.dir):
+        run = prepare(builder.dir, model, chat, config, resume, force)
+        with builder:
+            log = history_log(builder.dir, run.progress.history)
 
-        def checkpoint(step: int, elapsed: float) -> None:
-            save_checkpoint(builder.dir / CHECKPOINT, run.trainable, run.optimizer, step, elapsed, config)
+            def checkpoint(step: int, elapsed: float) -> None:
+                save_checkpoint(builder.dir / CHECKPOINT, run.trainable, run.optimizer, step, elapsed, config)
 
-        progress = fit(
-            PackedLM(run.lm), run.optimizer, run.batches, run.evaluate, config, run.progress, log, checkpoint
-        )
-        return seal(builder, run, model, config, progress)
+            progress = fit(
+                PackedLM(run.lm),
+                run.optimizer,
+                run.batches,
+                run.evaluate,
+                config,
+                run.progress,
+                log,
+                checkpoint,
+            )
+            return seal(builder, run, model, config, progress)
 
 
 def prepare(
@@ -248,10 +265,12 @@ def prepare(
         return {"val_loss": s.loss, "val_bpb": s.bpb}
 
     trained = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
+    plan = plan_of(config, trained, len(train_rows) * config.seq_len)
     console.print(
-        f"fine-tuning {trained / 1e6:.2f}M of {total / 1e6:.2f}M parameters on "
-        f"{train_rows.conversations:,} conversations in {len(train_rows):,} rows of {config.seq_len} tokens"
+        f"fine-tuning {size_line(plan, of=total)}: {train_rows.conversations:,} conversations "
+        f"in {len(train_rows):,} rows of {config.seq_len}"
     )
+    console.print(steps_line(plan))
     return Run(
         lm,
         trainable,
