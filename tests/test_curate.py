@@ -235,9 +235,12 @@ def test_cli_curate_with_tags_and_languages(tmp_path, monkeypatch, capsys):
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     assert metrics["documents_kept"] == 1 and metrics["dropped"] == {"language": {"language_not_allowed": 1}}
     (corpus,) = (tmp_path / "w" / "corpus").iterdir()
-    (row,) = [d for split in ("train", "val") for d in iter_documents(corpus, split, ("lang", "tags"))]
-    assert row["lang"] == "ru"
-    assert json.loads(row["tags"]) == {"license": "CC-BY-4.0", "ref": "urn::isbn::5-17=1"}
+    # one document kept: its start is train, its end val (a position split)
+    rows = {split: list(iter_documents(corpus, split, ("lang", "tags"))) for split in ("train", "val")}
+    assert [len(r) for r in rows.values()] == [1, 1]
+    for (row,) in rows.values():
+        assert row["lang"] == "ru"
+        assert json.loads(row["tags"]) == {"license": "CC-BY-4.0", "ref": "urn::isbn::5-17=1"}
 
 
 def test_a_step_that_raises_drops_that_document_and_the_run_goes_on(tmp_path, monkeypatch):
@@ -270,7 +273,7 @@ def test_a_step_that_raises_drops_that_document_and_the_run_goes_on(tmp_path, mo
     assert "cannot handle this one" in json.loads(row["meta"])["error"]
     assert m["steps"]["normalize"]["stats"]["dropped_error: ValueError"] == 1
     (b,) = [counts for path, counts in m["sources"].items() if path.endswith("b.jsonl")]
-    assert b == {"documents": 3, "kept": 2, "dropped": {"normalize/error: ValueError": 1}}
+    assert b == {"documents": 3, "kept": 2, "bytes": 16, "dropped": {"normalize/error: ValueError": 1}}
 
 
 def test_text_that_is_not_valid_unicode_is_kept_repaired(tmp_path):

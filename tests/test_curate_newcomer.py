@@ -5,13 +5,16 @@ Each is read, passed over with its reason, warned about or refused with the way 
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
 from autarky.console import UserError
+from autarky.data.balance import share_cap
 from autarky.data.corpus import iter_documents
 from autarky.data.curate import CurateConfig, curate
 from autarky.data.langid import LANGUAGES
@@ -165,3 +168,158 @@ def test_pypdf_warnings_go_to_the_report_not_the_terminal(tmp_path, capfd):
     assert m["documents_kept"] == 2 and [Path(e["path"]).name for e in m["errors"]] == ["lost.pdf"]
     report = (corpus.path / "report.md").read_text()
     assert f"- `{tmp_path}/lost.pdf`: EOF marker not found" in report
+
+
+# ------------------------------------------------------------------ one document may not fill the corpus
+
+
+def log_lines(n: int) -> str:
+    return "".join(
+        f"Dec  1 10:{i // 60 % 60:02d}:{i % 60:02d} host app[{i}]: request {i * 7919 % 10007} served to "
+        f"user{i % 97}@example.com from 10.0.{i % 250}.{i % 200 + 1} in {i * 31 % 900} ms\n"
+        for i in range(n)
+    )
+
+
+def folder_with_a_big_log(root: Path) -> Path:
+    """Six short documents and one log that is most of the text, with e-mails and IP addresses in it."""
+    src = root / "docs"
+    (src / "var" / "log").mkdir(parents=True)
+    (src / "var" / "log" / "app.log").write_text(log_lines(400))
+    for i, word in enumerate(("install", "upgrade", "backup", "restore", "monitor", "rotate")):
+        (src / f"{word}.txt").write_text(f"How to {word} the service, step {i}:\n{LICENCE}")
+    return src
+
+
+def test_the_report_names_the_largest_documents_and_warns_of_one_over_its_share(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder_with_a_big_log(tmp_path)
+    corpus = curate([Path("docs")], Path("work"), config=CurateConfig(near_dedup=False), workers=1)
+    m = corpus.metrics
+    top = m["largest_documents"][0]
+    assert top["source"] == "docs/var/log/app.log" and top["share"] > 0.8
+    assert [d["bytes"] for d in m["largest_documents"]] == sorted(
+        (d["bytes"] for d in m["largest_documents"]), reverse=True
+    )
+    assert sum(d["bytes"] for d in m["largest_documents"]) == m["bytes_kept"]  # 7 documents, all listed
+    assert m["largest_sources"][0]["path"] == "docs/var/log/app.log"
+    assert m["sources"]["docs/var/log/app.log"]["bytes"] == top["bytes"]
+    (warning,) = m["warnings"]
+    assert warning.startswith(
+        f"docs/var/log/app.log ({top['id']}) is {top['share']:.0%} of the kept text, over --max-doc-share 0.2"
+    )
+    assert m["redacted"] == {"email": 400, "ip": 400}
+    report = (corpus.path / "report.md").read_text()
+    assert f"> **Warning:** {warning}" in report
+    assert f"| `docs/var/log/app.log` | {top['id']} |" in report  # the full relative path, not app.log
+    assert "| email | 400 |" in report and "| ip | 400 |" in report
+    terminal = Console(record=True, width=200)
+    terminal.print(summary_table(m, "corpus"))
+    text = terminal.export_text()
+    assert f"warning: {warning}" in text and "400 email, 400 ip" in text and "docs/var/log/app.log" in text
+
+    quiet = curate(
+        [Path("docs")], Path("work"), config=CurateConfig(near_dedup=False, max_doc_share=1.0), workers=1
+    )
+    assert quiet.metrics["warnings"] == []
+
+
+def test_cap_doc_share_cuts_a_document_down_to_its_share_and_keeps_its_start(tmp_path):
+    src = folder_with_a_big_log(tmp_path)
+    config = CurateConfig(near_dedup=False, cap_doc_share=True, max_doc_share=0.25)
+    corpus = curate([src], tmp_path / "work", config=config, workers=1)
+    m = corpus.metrics
+    assert m["warnings"] == [] and m["documents_kept"] == 7
+    (capped,) = m["capped"]["documents"]
+    assert capped["source"].endswith("var/log/app.log") and capped["kept_bytes"] <= m["capped"]["bytes"]
+    assert max(d["share"] for d in m["largest_documents"]) <= 0.25
+    log = next(d for d in kept_rows(corpus) if d["source"].endswith("app.log"))
+    original = (src / "var" / "log" / "app.log").read_text()
+    redacted = log["text"]
+    assert redacted.endswith("ms\n") and len(redacted.encode()) == capped["kept_bytes"]  # cut at a line end
+    assert redacted.count("\n") < original.count("\n") and redacted.splitlines()[0].startswith(
+        "Dec  1 10:00:00"
+    )
+    assert json.loads(log["meta"])["capped_from_bytes"] == capped["bytes"]
+    assert m["documents_in"] == m["documents_kept"] + m["documents_dropped"]
+    assert "cut to its first" in (corpus.path / "report.md").read_text()
+
+
+def test_a_cap_too_few_documents_can_share_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text(log_lines(50))
+    (tmp_path / "b.txt").write_text(LICENCE)
+    with pytest.raises(
+        UserError, match="cannot hold each of 2 documents to 20% of the corpus: raise --max-doc-share"
+    ):
+        curate([tmp_path], tmp_path / "work", config=CurateConfig(cap_doc_share=True), workers=1)
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2, 0.4])
+def test_share_cap_leaves_no_document_over_its_share(share):
+    rng = np.random.default_rng(0)
+    sizes = np.concatenate([rng.integers(10, 1000, 60), [50_000, 20_000]])
+    cap = share_cap(sizes, share)
+    capped = np.minimum(sizes, cap)
+    assert capped.max() / capped.sum() <= share + 1e-9
+    assert (sizes > cap).sum() >= 1 and capped.max() == cap  # no more cut than needed: the cap is the share
+    assert cap >= share * capped.sum() - 1
+    assert share_cap(np.array([10, 10, 10, 10, 10]), 0.2) == 0  # none over: nothing to cut
+
+
+# ------------------------------------------------------------------ too little to train on
+
+
+def test_one_document_is_split_by_position_and_the_summary_says_so(tmp_path):
+    (tmp_path / "only.txt").write_text(log_lines(100))
+    corpus = curate([tmp_path / "only.txt"], tmp_path / "work", workers=1)
+    m = corpus.metrics
+    assert m["val_split"] == "position" and m["splits"] == {"train": 1, "val": 1}
+    assert m["documents_kept"] == 1 == m["documents_in"]
+    (train,) = iter_documents(corpus, "train", ("id", "text"))
+    (val,) = iter_documents(corpus, "val", ("id", "text"))
+    whole = (tmp_path / "only.txt").read_text()
+    assert len((train["text"] + val["text"]).splitlines()) == 100 and val["id"] == train["id"] + ":val"
+    assert val["text"].startswith("Dec  1 10:") and 0 < len(val["text"]) < 0.05 * len(whole)
+    terminal = Console(record=True, width=120)
+    terminal.print(summary_table(m, "corpus"))
+    assert "position split" in terminal.export_text()
+    assert "position split" in (corpus.path / "report.md").read_text()
+
+
+def test_an_empty_val_split_is_refused_with_the_way_out(tmp_path):
+    (tmp_path / "only.txt").write_text(log_lines(20))
+    work = tmp_path / "work"
+    with pytest.raises(UserError) as e:
+        curate([tmp_path / "only.txt"], work, config=CurateConfig(val_split="document"), workers=1)
+    assert str(e.value) == (
+        "the val split is empty (1 document kept, --val-split document, --val-fraction 0.02); training needs "
+        "one: add documents, or --val-split position to hold out the end of each document's text"
+    )
+    with pytest.raises(UserError, match="training needs one: give --val-fraction above 0"):
+        curate([tmp_path / "only.txt"], work, config=CurateConfig(val_fraction=0), workers=1)
+    assert not (work / "corpus").exists() or not any((work / "corpus").iterdir())
+
+
+def test_a_position_split_holds_out_the_end_of_every_document(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text(f"Document {i} begins here.\n" + log_lines(30 + i))
+    corpus = curate(
+        [tmp_path],
+        tmp_path / "work",
+        config=CurateConfig(val_split="position", val_fraction=0.1, near_dedup=False),
+        workers=1,
+    )
+    train = {d["id"]: d["text"] for d in iter_documents(corpus, "train", ("id", "text"))}
+    val = {d["id"]: d["text"] for d in iter_documents(corpus, "val", ("id", "text"))}
+    assert len(train) == 3 and set(val) == {f"{k}:val" for k in train}
+    for k, head in train.items():
+        assert (
+            head.startswith("Document") and 0.05 < len(val[f"{k}:val"]) / len(head + val[f"{k}:val"]) < 0.15
+        )
+    assert corpus.metrics["documents_kept"] == 3 and corpus.metrics["splits"] == {"train": 3, "val": 3}
+
+
+def kept_rows(corpus) -> list[dict]:
+    return [
+        d for split in ("train", "val") for d in iter_documents(corpus, split, ("source", "text", "meta"))
+    ]

@@ -107,8 +107,23 @@ class CurateConfig:
         "near duplicates. It only confirms candidates: LSH (14 bands x 8 rows) proposes pairs of "
         "Jaccard 0.8 92% of the time, 0.7 56%, 0.6 21%, 0.5 5%, so setting it below ~0.7 adds few pairs.",
     )
+    # balance
+    max_doc_share: float = setting(
+        0.2,
+        help="Warn when one document holds more than this share of the kept text (above 0, at most 1).",
+    )
+    cap_doc_share: bool = setting(
+        False,
+        help="Cut the documents over --max-doc-share down to that share instead of only warning: each "
+        "keeps its start, up to a line end; the rest is left out (report.md lists what was cut).",
+    )
     # output
-    val_fraction: float = setting(0.02, help="Share of documents for the val split.")
+    val_fraction: float = setting(0.02, help="Share of documents (or of text, split by position) for val.")
+    val_split: str = setting(
+        "auto",
+        help="document: whole documents go to val, chosen by their text's hash; position: val is the last "
+        "--val-fraction of every document's text; auto: document, or position when one document is kept.",
+    )
     shard_bytes: int = setting(64 << 20, help="UTF-8 text per shard file.")
 
     @property
@@ -137,6 +152,10 @@ class CurateConfig:
             raise UserError(f"the quality scope is 'web' or 'all', not {self.quality_scope!r}")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"--val-fraction must be at least 0 and below 1, not {self.val_fraction}")
+        if self.val_split not in ("auto", "document", "position"):
+            raise UserError(f"--val-split is auto, document or position, not {self.val_split!r}")
+        if not 0 < self.max_doc_share <= 1:
+            raise UserError(f"--max-doc-share must be above 0 and at most 1, not {self.max_doc_share}")
         if not 0 < self.near_dup_threshold <= 1:
             raise UserError(
                 f"--near-dup-threshold must be above 0 and at most 1, not {self.near_dup_threshold}"

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from autarky.artifact import Artifact, Builder, default_name, write_json
 from autarky.console import UserError, console, progress
+from autarky.data.balance import cap_rows, carve_rows, share_cap
 from autarky.data.config import CurateConfig
 from autarky.data.corpus import DROPPED_SCHEMA, SCHEMA, ShardWriter, document_row
 from autarky.data.dedup import ExactDedup, MinHashSignature, NearDedup
@@ -48,10 +49,15 @@ from autarky.data.pii import RedactPII
 from autarky.data.read import ReadCheck, Source, SourceError, find_sources, not_read, plural, read_source
 from autarky.data.steps import GlobalStep, Step, StepStats, add_stats, run_steps
 
-PART_SCHEMA = SCHEMA.append(pa.field("_source", pa.int32())).append(pa.field("_hash", pa.binary(16)))
+PART_SCHEMA = (
+    SCHEMA.append(pa.field("_source", pa.int32()))
+    .append(pa.field("_hash", pa.binary(16)))
+    .append(pa.field("_bytes", pa.int64()))
+)
 TASK_BYTES = 16 << 20  # a batch of source files for one worker: the unit of parallelism and of resume
 TASK_FILES = 256
 MAX_LISTED = 100  # errors and passed-over files the manifest lists (stats.json lists them all)
+LARGEST = 10  # documents and sources the manifest and report name, the longest first
 
 
 def parse_tags(items: list[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -142,7 +148,8 @@ class TaskParts:
         self.signature_size = task.config.hasher.size
 
     def keep(self, doc: Document, position: int) -> None:
-        self.kept.write({**document_row(doc), "_source": position, "_hash": text_hash(doc.text)})
+        row = {**document_row(doc), "_source": position, "_hash": text_hash(doc.text)}
+        self.kept.write(row | {"_bytes": len(doc.text.encode())})
         if self.signatures is not None:
             self.signatures.append(doc.cache["signature"])
 
@@ -235,16 +242,20 @@ def process_task(task: Task) -> dict:
 # ------------------------------------------------------------------ pass 2: the global steps
 
 
-def read_keys(parts: Path, summaries: list[dict]) -> tuple[list[bytes], np.ndarray]:
-    """The text hash and source position of every document kept by pass 1, in global order."""
+def read_keys(parts: Path, summaries: list[dict]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """The text hash, source position and UTF-8 length of every document kept by pass 1, in global order."""
     hashes: list[bytes] = []
     positions: list[np.ndarray] = []
+    sizes: list[np.ndarray] = []
     for summary in summaries:
         for name in summary["kept_files"]:
-            table = pq.read_table(parts / name, columns=["_hash", "_source"])
+            table = pq.read_table(parts / name, columns=["_hash", "_source", "_bytes"])
             hashes += table.column("_hash").to_pylist()
             positions.append(table.column("_source").to_numpy())
-    return hashes, (np.concatenate(positions) if positions else np.zeros(0, dtype=np.int32))
+            sizes.append(table.column("_bytes").to_numpy())
+    if not positions:
+        return hashes, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+    return hashes, np.concatenate(positions), np.concatenate(sizes)
 
 
 def _near_dedup(
@@ -301,12 +312,20 @@ class Verdicts:
     copies: np.ndarray  # how many documents each kept one stands for
     code: np.ndarray  # 0 kept, else the index in `reasons` of the step that dropped it
     reasons: list[tuple[str, str]]  # (step, reason); [0] is the kept placeholder
-    val: np.ndarray  # kept and in the val split
+    val: np.ndarray  # kept and in the val split (a document split)
+    position: bool = False  # val is the end of every kept document's text instead
+    cap: int = 0  # kept documents longer than this many bytes are cut to it (0: none)
 
 
 def deduplicate(
-    config: CurateConfig, hashes: list[bytes], parts: Path, summaries: list[dict], stats: dict[str, StepStats]
+    config: CurateConfig,
+    hashes: list[bytes],
+    sizes: np.ndarray,
+    parts: Path,
+    summaries: list[dict],
+    stats: dict[str, StepStats],
 ) -> Verdicts:
+    """Pass 2: the global steps, then the split and the cap of any document over its share."""
     alive = np.ones(len(hashes), dtype=bool)
     copies = np.ones(len(hashes), dtype=np.int32)
     code = np.zeros(len(hashes), dtype=np.int8)
@@ -317,7 +336,11 @@ def deduplicate(
         reasons.append((step.name, step.reason))
         code[before & ~alive] = len(reasons) - 1
         stats[step.name] = step.report()
-    return Verdicts(alive, copies, code, reasons, assign_splits(hashes, alive, config.val_fraction))
+    kept = int(alive.sum())
+    position = config.val_split == "position" or (config.val_split == "auto" and kept == 1)
+    val = np.zeros_like(alive) if position else assign_splits(hashes, alive, config.val_fraction)
+    cap = share_cap(sizes[alive], config.max_doc_share) if config.cap_doc_share and kept >= 2 else 0
+    return Verdicts(alive, copies, code, reasons, val, position, cap)
 
 
 def assign_splits(hashes: list[bytes], alive: np.ndarray, val_fraction: float) -> np.ndarray:
@@ -340,17 +363,21 @@ def assign_splits(hashes: list[bytes], alive: np.ndarray, val_fraction: float) -
 
 
 class CorpusWriter:
-    """The artifact's shards (train, val) and dropped rows, written from the parts and the verdicts."""
+    """The artifact's shards (train, val) and dropped rows, written from the parts and the verdicts;
+    on the way, the lengths, languages and longest of the kept documents, and their bytes per source."""
 
-    def __init__(self, out: Path, verdicts: Verdicts, shard_bytes: int) -> None:
-        self.v = verdicts
-        self.train = ShardWriter(out / "shards", "train", SCHEMA, shard_bytes)
-        self.val = ShardWriter(out / "shards", "val", SCHEMA, shard_bytes)
-        self.dropped = ShardWriter(out / "dropped", "dropped", DROPPED_SCHEMA, shard_bytes)
+    def __init__(self, out: Path, verdicts: Verdicts, config: CurateConfig, sources: int) -> None:
+        self.v, self.val_fraction = verdicts, config.val_fraction
+        self.train = ShardWriter(out / "shards", "train", SCHEMA, config.shard_bytes)
+        self.val = ShardWriter(out / "shards", "val", SCHEMA, config.shard_bytes)
+        self.dropped = ShardWriter(out / "dropped", "dropped", DROPPED_SCHEMA, config.shard_bytes)
         self.step_names = pa.array([step for step, _ in verdicts.reasons], pa.string())
         self.reason_names = pa.array([reason for _, reason in verdicts.reasons], pa.string())
         self.langs: list[pa.Array] = []
         self.sizes: list[np.ndarray] = []
+        self.source_bytes = np.zeros(sources, dtype=np.int64)
+        self.largest: list[tuple[int, str, str]] = []  # (bytes, id, source), the longest first
+        self.capped: list[dict] = []
         self.done = 0  # part rows written: the global index of the next one
 
     def write_part(self, parts: Path, summary: dict) -> None:
@@ -359,32 +386,50 @@ class CorpusWriter:
                 self.dropped.write_table(pa.Table.from_batches([batch]))
         for name in summary["kept_files"]:
             for batch in pq.ParquetFile(parts / name).iter_batches(batch_size=1024):
-                self._write_kept(pa.Table.from_batches([batch]).drop_columns(["_source", "_hash"]))
+                self._write_kept(pa.Table.from_batches([batch]))
 
     def _write_kept(self, rows: pa.Table) -> None:
         """Rows of pass 1: to train or val with their cluster size, or to dropped with pass 2's reason."""
         where = slice(self.done, self.done + len(rows))
         self.done += len(rows)
         live, to_val, code = self.v.alive[where], self.v.val[where], self.v.code[where]
+        positions = rows.column("_source").to_numpy()[live]
+        rows = rows.drop_columns(["_source", "_hash", "_bytes"])
         kept = rows.filter(pa.array(live))
-        kept = kept.set_column(
-            SCHEMA.get_field_index("split"), "split", pa.array(np.where(to_val[live], "val", "train"))
-        )
         kept = kept.set_column(
             SCHEMA.get_field_index("dup_cluster_size"),
             "dup_cluster_size",
             pa.array(self.v.copies[where][live], pa.int32()),
         )
-        self.train.write_table(kept.filter(pa.array(~to_val[live])))
-        self.val.write_table(kept.filter(pa.array(to_val[live])))
-        self.langs += kept.column("lang").chunks
-        self.sizes.append(pc.binary_length(kept.column("text")).to_numpy())
+        if self.v.cap:
+            kept, cut = cap_rows(kept, self.v.cap)
+            self.capped += cut
+        self._count(kept, positions)
+        if self.v.position:
+            train, val = carve_rows(kept, self.val_fraction)
+        else:
+            split = pa.array(np.where(to_val[live], "val", "train"))
+            kept = kept.set_column(SCHEMA.get_field_index("split"), "split", split)
+            train, val = kept.filter(pa.array(~to_val[live])), kept.filter(pa.array(to_val[live]))
+        self.train.write_table(train)
+        self.val.write_table(val)
         gone = pa.array(code[~live])
         self.dropped.write_table(
             rows.filter(pa.array(~live))
             .append_column("step", pc.take(self.step_names, gone))
             .append_column("reason", pc.take(self.reason_names, gone))
         )
+
+    def _count(self, kept: pa.Table, positions: np.ndarray) -> None:
+        """Languages, lengths, bytes per source and the longest of the kept documents, as written."""
+        sizes = pc.binary_length(kept.column("text")).to_numpy(zero_copy_only=False).astype(np.int64)
+        self.langs += kept.column("lang").chunks
+        self.sizes.append(sizes)
+        np.add.at(self.source_bytes, positions, sizes)
+        ids, sources = kept.column("id"), kept.column("source")
+        longest = np.argsort(-sizes, kind="stable")[:LARGEST].tolist()
+        candidates = self.largest + [(int(sizes[i]), ids[i].as_py(), sources[i].as_py()) for i in longest]
+        self.largest = sorted(candidates, key=lambda r: (-r[0], r[1]))[:LARGEST]
 
     def close(self) -> np.ndarray:
         """Finish the files; returns the UTF-8 length of every kept document."""
@@ -536,16 +581,21 @@ def _assemble(
 ) -> tuple[dict, list[int]]:
     """Dedup, split and write the shards; fill the manifest's source entries; return metrics and lengths."""
     per_source, stats, warnings = _gather(found, summaries, errors, skipped)
-    hashes, positions = read_keys(parts, summaries)
-    verdicts = deduplicate(config, hashes, parts, summaries, stats)
+    hashes, positions, sizes = read_keys(parts, summaries)
+    verdicts = deduplicate(config, hashes, sizes, parts, summaries, stats)
     _count_global_drops(per_source, positions, verdicts)
-    writer = CorpusWriter(out, verdicts, config.shard_bytes)
+    writer = CorpusWriter(out, verdicts, config, len(found))
     for summary in summaries:
         writer.write_part(parts, summary)
     lengths = writer.close()
     counts = {"train": writer.train.count, "val": writer.val.count, "dropped": writer.dropped.count}
+    counts["kept"] = counts["train"] if verdicts.position else counts["train"] + counts["val"]
     metrics = _metrics(found, per_source, counts, errors, skipped, stats)
+    if not counts["val"]:
+        raise UserError(_no_val(config, counts["kept"], verdicts.position))
+    metrics["val_split"] = "position" if verdicts.position else "document"
     metrics["bytes_kept"] = int(lengths.sum())
+    metrics.update(_shares(writer, found, metrics, config))
     metrics["languages"] = _languages(pa.chunked_array(writer.langs, pa.string()), lengths)
     metrics["reader_warnings"] = warnings
     metrics["files_skipped"] = len(skipped)
@@ -558,6 +608,50 @@ def _assemble(
         if error["path"] in by_path:
             by_path[error["path"]]["error"] = error["reason"]
     return metrics, lengths.tolist()
+
+
+def _no_val(config: CurateConfig, kept: int, position: bool) -> str:
+    """Why the val split is empty, and the way out: training needs one to measure itself on."""
+    what = f"the val split is empty ({plural(kept, 'document')} kept, --val-split {config.val_split}"
+    what += f", --val-fraction {config.val_fraction}); training needs one: "
+    if not position:
+        return what + "add documents, or --val-split position to hold out the end of each document's text"
+    if config.val_fraction == 0:
+        return what + "give --val-fraction above 0, e.g. 0.1"
+    return what + "the documents are too short to hold out the end of one; add text"
+
+
+def _shares(writer: CorpusWriter, found: list[Source], metrics: dict, config: CurateConfig) -> dict:
+    """The longest documents and sources with their share of the kept text, redactions per kind, what
+    was capped, and a warning for every document above --max-doc-share (and above an even share:
+    each of three documents is a third of the corpus, and no warning tells a user anything there)."""
+    total = max(metrics["bytes_kept"], 1)
+    largest = [
+        {"source": source, "id": id_, "bytes": n, "share": round(n / total, 4)}
+        for n, id_, source in writer.largest
+    ]
+    for source, n in zip(found, writer.source_bytes.tolist(), strict=True):
+        metrics["sources"][source.path]["bytes"] = n
+    by_bytes = sorted(metrics["sources"].items(), key=lambda kv: (-kv[1]["bytes"], kv[0]))[:LARGEST]
+    warnings = [
+        f"{d['source']} ({d['id']}) is {d['share']:.0%} of the kept text, over --max-doc-share "
+        f"{config.max_doc_share}: --cap-doc-share cuts it down to that share"
+        for d in largest
+        if not writer.v.cap and d["share"] > max(config.max_doc_share, 1 / metrics["documents_kept"])
+    ]
+    pii = metrics["steps"].get("pii", {}).get("stats", {})
+    return {
+        "largest_documents": largest,
+        "largest_sources": [
+            {"path": path, "documents": v["kept"], "bytes": v["bytes"], "share": round(v["bytes"] / total, 4)}
+            for path, v in by_bytes
+        ],
+        "redacted": {
+            k.removeprefix("redacted_"): n for k, n in sorted(pii.items()) if k.startswith("redacted_")
+        },
+        "capped": {"bytes": writer.v.cap, "documents": writer.capped} if writer.v.cap else {},
+        "warnings": warnings,
+    }
 
 
 # The setting that decides what a step drops, for the message of a run that kept nothing.
@@ -598,7 +692,7 @@ def _metrics(
             by_reason.setdefault(step, {}).setdefault(reason, 0)
             by_reason[step][reason] += n
     documents_in = sum(acc["documents"] for acc in per_source)
-    kept = counts["train"] + counts["val"]
+    kept = counts["kept"]
     if documents_in != kept + counts["dropped"]:  # the pipeline's own invariant, not a user error
         raise AssertionError(f"accounting: {documents_in} read != {kept} kept + {counts['dropped']} dropped")
     if kept == 0:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
+
+from autarky.data.read import plural
 
 
 def _mb(n: float) -> str:
@@ -70,8 +74,9 @@ def write_report(out: Path, metrics: dict, lengths: list[int] | None = None) -> 
         f"| read | {m['documents_in']:,} |",
         f"| kept | {m['documents_kept']:,} ({_mb(m['bytes_kept'])}) |",
         f"| dropped | {m['documents_dropped']:,} |",
-        f"| train / val | {m['splits']['train']:,} / {m['splits']['val']:,} |",
+        f"| train / val | {m['splits']['train']:,} / {m['splits']['val']:,}{_split_note(m)} |",
         "",
+        *[f"> **Warning:** {w}  " for w in m.get("warnings", [])],
         "## Dropped, by step and reason",
         "",
         "| step | reason | documents |",
@@ -92,13 +97,7 @@ def write_report(out: Path, metrics: dict, lengths: list[int] | None = None) -> 
             "|" + "---:|" * len(m["length_bytes"]),
             "| " + " | ".join(f"{v:,}" for v in m["length_bytes"].values()) + " |",
         ]
-    sources = sorted(m["sources"].items(), key=lambda kv: -kv[1]["documents"])
-    lines += ["", f"## Sources ({len(sources)} files; stats.json and the manifest list them all)", ""]
-    lines += ["| file | read | kept | dropped |", "|---|---:|---:|---:|"]
-    for path, v in sources[:20]:
-        lines.append(
-            f"| `{Path(path).name}` | {v['documents']:,} | {v['kept']:,} | {sum(v['dropped'].values()):,} |"
-        )
+    lines += _balance(m)
     if charts:
         lines += ["", "## Charts", ""] + [f"![{name[:-4]}]({name})" for name in charts]
     if m["errors"]:
@@ -109,6 +108,47 @@ def write_report(out: Path, metrics: dict, lengths: list[int] | None = None) -> 
         lines += [f"- `{w['path']}`: {w['warning']}" for w in m["reader_warnings"]]
     lines += _passed_over(m)
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _split_note(m: dict) -> str:
+    return (
+        " (position split: val is the end of each document's text)"
+        if m.get("val_split") == "position"
+        else ""
+    )
+
+
+def _balance(m: dict) -> list[str]:
+    """Where the kept text comes from: the largest sources and documents, what was capped, what redacted."""
+    total = max(m["bytes_kept"], 1)
+    sources = sorted(m["sources"].items(), key=lambda kv: (-kv[1].get("bytes", 0), kv[0]))
+    lines = [
+        "",
+        f"## Sources, the most kept text first ({len(sources)} files; the manifest lists them all)",
+        "",
+    ]
+    lines += ["| file | read | kept | kept text | share |", "|---|---:|---:|---:|---:|"]
+    for path, v in sources[:20]:
+        n = v.get("bytes", 0)
+        lines.append(f"| `{path}` | {v['documents']:,} | {v['kept']:,} | {_mb(n)} | {n / total:.1%} |")
+    if m.get("largest_documents"):
+        lines += ["", "## Largest documents", "", "| source | id | text | share |", "|---|---|---:|---:|"]
+        for d in m["largest_documents"]:
+            lines.append(f"| `{d['source']}` | {d['id']} | {_mb(d['bytes'])} | {d['share']:.1%} |")
+    if m.get("capped"):
+        lines += ["", f"## Capped at {_mb(m['capped']['bytes'])} (--cap-doc-share)", ""]
+        lines += [
+            f"- `{d['source']}` ({d['id']}): {_mb(d['bytes'])} cut to its first {_mb(d['kept_bytes'])}"
+            for d in m["capped"]["documents"]
+        ]
+    if "redacted" in m and "pii" in m["steps"]:
+        lines += ["", "## Personal data redacted, by kind", ""]
+        if m["redacted"]:
+            lines += ["| kind | redactions |", "|---|---:|"]
+            lines += [f"| {kind} | {n:,} |" for kind, n in m["redacted"].items()]
+        else:
+            lines.append("None found.")
+    return lines
 
 
 def _passed_over(m: dict) -> list[str]:
@@ -124,27 +164,39 @@ def _passed_over(m: dict) -> list[str]:
     return lines
 
 
-def summary_table(metrics: dict, title: str) -> Table:
-    """The terminal summary: totals, then every drop reason."""
+def summary_table(metrics: dict, title: str) -> RenderableType:
+    """The terminal summary: totals, every drop and skip reason, then the warnings in full, below."""
     m = metrics
     table = Table(title=title)
     table.add_column("")
     table.add_column("documents", justify="right")
     table.add_column("", justify="right")
-    table.add_row("read", f"{m['documents_in']:,}", _mb(m["bytes_in"]) + f" in {m['files_read']} files")
+    table.add_row("read", f"{m['documents_in']:,}", _mb(m["bytes_in"]) + f" in {plural(m['files_read'], 'file')}")
     for reason, n in m.get("skipped_by_reason", {}).items():
         table.add_row(f"[yellow]skipped[/] {reason}", "", f"{n:,} file" + ("s" if n != 1 else ""))
     table.add_row("[green]kept[/]", f"{m['documents_kept']:,}", _mb(m["bytes_kept"]))
-    table.add_row("  train / val", f"{m['splits']['train']:,} / {m['splits']['val']:,}", "")
+    split = "position split" if m.get("val_split") == "position" else ""
+    table.add_row("  train / val", f"{m['splits']['train']:,} / {m['splits']['val']:,}", split)
     for step, reasons in m["dropped"].items():
         for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
             table.add_row(f"[yellow]dropped[/] {step}: {reason}", f"{n:,}", "")
     langs = ", ".join(f"{k} {v['documents']}" for k, v in list(m["languages"].items())[:6])
     table.add_row("languages", "", langs)
+    if m.get("largest_documents"):
+        top = m["largest_documents"][0]
+        table.add_row("largest document", f"{top['share']:.0%}", top["source"])
+    if m.get("redacted"):
+        table.add_row("redacted", "", ", ".join(f"{n:,} {kind}" for kind, n in m["redacted"].items()))
+    if m.get("capped"):
+        table.add_row(
+            "[yellow]capped[/]", str(len(m["capped"]["documents"])), f"at {_mb(m['capped']['bytes'])}"
+        )
+
     if m["files_failed"]:
         table.add_row("[red]unreadable files[/]", str(m["files_failed"]), "see stats.json")
     if m.get("reader_warnings"):
         table.add_row("reader warnings", "", f"{len(m['reader_warnings'])} listed in report.md")
     if m.get("seconds"):
         table.add_row("time", f"{m['seconds']:.1f} s", f"{m['bytes_in'] / 1e6 / m['seconds']:.1f} MB/s")
-    return table
+    warnings = [Text(f"warning: {w}", style="yellow") for w in m.get("warnings", [])]
+    return Group(table, *warnings) if warnings else table
