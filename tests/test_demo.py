@@ -72,6 +72,8 @@ def test_demo_runs_the_whole_pipeline_then_reuses_it(tmp_path):
     assert (card.path / "bom.cdx.json").is_file() and artifact.verify(card.path)[1] == []
     chat_model = next(a for a in finished if a.kind == "model" and a.inputs("chat"))
     assert artifact.verify(chat_model.path)[1] == []
+    for verb in ("chat", "serve"):  # it ends as every stage does, with how to use what it made
+        assert f"next: autarky {verb} {chat_model.name}\n" in first.stdout
     second = _demo(workdir, source)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing finished model" in second.stderr

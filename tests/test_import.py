@@ -302,8 +302,8 @@ def test_the_cli_imports_and_the_model_serves_and_trains_with_its_own_tokenizer(
     monkeypatch.setenv("COLUMNS", "300")
     monkeypatch.setattr(sys, "argv", ["autarky", "import", str(source), "-w", str(work), "--name", "qwen"])
     cli.main()
-    err = " ".join(capsys.readouterr().err.split())
-    assert "qwen2" in err and "licence apache-2.0" in err and "320 tokens" in err
+    said = " ".join(capsys.readouterr().out.split())
+    assert "qwen2" in said and "licence apache-2.0" in said and "320 tokens" in said
     model = artifact.load(work / "model" / "qwen")
     tokenizer = artifact.load(work / "tokenizer" / "qwen")
     assert artifact.verify(model.path)[1] == []  # the lineage checks, down to the source files

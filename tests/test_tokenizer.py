@@ -222,8 +222,8 @@ def test_cli_prints_the_table(corpus, work, monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setattr(sys, "argv", ["autarky", "tokenizer", "mix", "--vocab-size", "512", "-w", str(work)])
     cli.main()
-    err = capsys.readouterr().err
-    assert "reusing tokenizer" in err and "bytes/token" in err and "ru" in err
+    said = capsys.readouterr()
+    assert "reusing tokenizer" in said.err and "bytes/token" in said.out and "ru" in said.out
     monkeypatch.setattr(sys, "argv", ["autarky", "tokenizer", "nope", "-w", str(work)])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

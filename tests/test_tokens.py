@@ -110,7 +110,6 @@ def test_cli_resolves_names_and_prints_the_table(tokens, tokenizer, work, monkey
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setattr(sys, "argv", ["autarky", "tokenize", "mix", tokenizer.name, "-w", str(work)])
     cli.main()
-    err = capsys.readouterr().err
-    assert (
-        "reusing tokens" in err and "bytes/token" in err and f"{tokens.metrics['train']['tokens']:,}" in err
-    )
+    said = capsys.readouterr()  # results on stdout, what it reused on stderr
+    assert "reusing tokens" in said.err
+    assert "bytes/token" in said.out and f"{tokens.metrics['train']['tokens']:,}" in said.out

@@ -13,7 +13,7 @@ import os
 import shlex
 from pathlib import Path
 
-import click
+import typer
 
 from autarky import artifact
 from autarky.artifact import Artifact
@@ -34,11 +34,10 @@ def default_workdir() -> Path:
     return Path(os.environ.get("AUTARKY_WORKDIR", "work"))
 
 
-def workdir_chosen() -> bool:
+def workdir_chosen(ctx: typer.Context) -> bool:
     """Whether the user named the workspace: -w on the command line, or $AUTARKY_WORKDIR."""
-    ctx = click.get_current_context(silent=True)
-    given = ctx is not None and ctx.get_parameter_source("workdir") == click.core.ParameterSource.COMMANDLINE
-    return given or "AUTARKY_WORKDIR" in os.environ
+    source = ctx.get_parameter_source("workdir")
+    return getattr(source, "name", None) == "COMMANDLINE" or "AUTARKY_WORKDIR" in os.environ
 
 
 def shown(path: Path) -> str:
@@ -52,7 +51,7 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def inputs(workdir: Path, *wanted: tuple[str | None, str]) -> tuple[Path, list[Artifact]]:
+def inputs(ctx: typer.Context, workdir: Path, *wanted: tuple[str | None, str]) -> tuple[Path, list[Artifact]]:
     """The workspace the output goes to, and each `(ref, kind)` wanted as an artifact.
 
     Refs given are found first: one that lies in another workspace moves the output there when the
@@ -64,7 +63,7 @@ def inputs(workdir: Path, *wanted: tuple[str | None, str]) -> tuple[Path, list[A
     for i, (ref, kind) in enumerate(wanted):
         if ref is not None:
             found[i] = artifact.resolve(workdir, ref, kind)
-            workdir = _output_workspace(workdir, found[i])
+            workdir = _output_workspace(workdir, found[i], workdir_chosen(ctx))
     for i, (ref, kind) in enumerate(wanted):
         if ref is None:
             found[i] = artifact.newest(workdir, kind)
@@ -72,18 +71,18 @@ def inputs(workdir: Path, *wanted: tuple[str | None, str]) -> tuple[Path, list[A
     return workdir, [found[i] for i in range(len(wanted))]
 
 
-def _output_workspace(workdir: Path, given: Artifact) -> Path:
+def _output_workspace(workdir: Path, given: Artifact, chosen: bool) -> Path:
     """Where an output goes when one input lies in `given.workspace`."""
     home = given.workspace
     if home == workdir.resolve():
         return workdir
     label = f"{given.kind}/{given.name}"
-    if not workdir_chosen():
+    if not chosen:
         console.print(f"output goes to the workspace {shown(home)}, where {label} lives")
         return home
     console.print(
         f"[bold yellow]warning:[/] {label} lives in the workspace {shown(home)}, but the output goes to "
-        f"{shown(workdir)} as -w or $AUTARKY_WORKDIR says; later verbs look for its inputs in {shown(workdir)}"
+        f"{shown(workdir)}, as -w or $AUTARKY_WORKDIR says; leave them out to keep it beside its input"
     )
     return workdir
 

@@ -134,6 +134,7 @@ def _print_chat(result: artifact.Artifact) -> None:
 
 @app.command("tokenizer", rich_help_panel=PIPELINE)
 def tokenizer_command(
+    ctx: typer.Context,
     corpus: str = typer.Argument(None, help=input_help("corpus")),
     vocab_size: int = typer.Option(
         4096, "--vocab-size", help="Tokens in the vocabulary, 7 special ones included."
@@ -153,7 +154,7 @@ def tokenizer_command(
     """
     from autarky.tokenizer import train_tokenizer
 
-    workdir, [source] = chain.inputs(workdir, (corpus, "corpus"))
+    workdir, [source] = chain.inputs(ctx, workdir, (corpus, "corpus"))
     result = train_tokenizer(source, workdir, name=name, vocab_size=vocab_size, force=force)
     if not as_json:
         _print_tokenizer(result)
@@ -177,6 +178,7 @@ def _print_tokenizer(result: artifact.Artifact) -> None:
 
 @app.command("tokenize", rich_help_panel=PIPELINE)
 def tokenize_command(
+    ctx: typer.Context,
     corpus: str = typer.Argument(None, help=input_help("corpus")),
     tokenizer: str = typer.Argument(None, help=input_help("tokenizer")),
     name: str = typer.Option(
@@ -195,7 +197,7 @@ def tokenize_command(
     """
     from autarky.tokens import tokenize
 
-    workdir, [source, vocabulary] = chain.inputs(workdir, (corpus, "corpus"), (tokenizer, "tokenizer"))
+    workdir, [source, vocabulary] = chain.inputs(ctx, workdir, (corpus, "corpus"), (tokenizer, "tokenizer"))
     result = tokenize(source, vocabulary, workdir, name=name, workers=workers, force=force)
     if not as_json:
         _print_tokens(result)

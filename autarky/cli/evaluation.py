@@ -85,6 +85,7 @@ def _print_compare(workdir: Path, plot: Path | None) -> None:
 @with_config(SuiteConfig, "suite_config")
 @with_config(EvalConfig)
 def eval_command(
+    ctx: typer.Context,
     model: str = typer.Argument(None, help=input_help("model", " (not needed with --compare)")),
     corpus: list[str] = typer.Option(
         [],
@@ -128,7 +129,7 @@ def eval_command(
         return
     from autarky.evaluate.stage import evaluate
 
-    workdir, [judged] = chain.inputs(workdir, (model, "model"))
+    workdir, [judged] = chain.inputs(ctx, workdir, (model, "model"))
     result = evaluate(
         judged,
         workdir,
@@ -148,6 +149,7 @@ def eval_command(
 @app.command("card", rich_help_panel=PIPELINE)
 @with_config(CardConfig)
 def card_command(
+    ctx: typer.Context,
     model: str = typer.Argument(None, help=input_help("model")),
     name: str = typer.Option(None, "--name", help="Artifact name (default: <model>-<recipe hash>)."),
     workdir: Path = workdir_option(),
@@ -164,7 +166,7 @@ def card_command(
     """
     from autarky.card import card
 
-    workdir, [described] = chain.inputs(workdir, (model, "model"))
+    workdir, [described] = chain.inputs(ctx, workdir, (model, "model"))
     result = card(described, workdir, config, name=name, force=force)
     if not as_json:
         left = result.metrics.get("to_fill_in", {})

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -14,7 +10,7 @@ from autarky import artifact
 from autarky.cli import chain
 from autarky.cli.chain import JSON_HELP, input_help
 from autarky.cli.common import PIPELINE, app, human_bytes, workdir_option
-from autarky.console import console, out
+from autarky.console import out
 from autarky.gguf import ExportConfig
 from autarky.interop import ImportConfig
 from autarky.options import with_config
@@ -22,32 +18,6 @@ from autarky.train import TrainConfig
 from autarky.train.config import SFTConfig
 
 # ---------------------------------------------------------------- training and generation
-
-INIT_HELP = (
-    "Start from this model's weights, to train a finished model more: a new model artifact (its "
-    "lineage names MODEL) with a fresh optimizer and schedule, warmup included, and MODEL's architecture "
-    "(--preset is not used). An unfinished run continues with --resume instead, its optimizer state kept."
-)
-
-
-@contextmanager
-def says_how_to_resume(flag: str | None = "--resume") -> Iterator[None]:
-    """Ctrl-C in a training run: where its checkpoint is, and the command that continues from it
-    (this very command, with `flag` and without --force)."""
-    from autarky.train.checkpoint import Interrupted
-
-    try:
-        yield
-    except Interrupted as stop:
-        words = [w for w in sys.argv[1:] if w != "--force"]
-        if stop.step is None:
-            console.print(f"[yellow]interrupted[/] before {stop.run_dir} had a checkpoint: nothing to resume")
-        else:
-            console.print(f"[yellow]interrupted:[/] {stop.run_dir} holds a checkpoint at step {stop.step}")
-            words += [flag] if flag and flag not in words else []
-        out.print(f"next: {shlex.join(['autarky', *words])}", markup=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-
 
 
 @app.command("import", rich_help_panel=PIPELINE)
@@ -92,9 +62,10 @@ def import_command(
 @app.command("train", rich_help_panel=PIPELINE)
 @with_config(TrainConfig)
 def train_command(
+    ctx: typer.Context,
     tokens: str = typer.Argument(None, help=input_help("tokens")),
     workdir: Path = workdir_option(),
-    init: str = typer.Option(None, metavar="MODEL", help=INIT_HELP),
+    init: str = typer.Option(None, help="Start from this model artifact's weights (fine-tuning)."),
     name: str = typer.Option(None, help="Artifact name (default: <corpus>-<preset>-<recipe hash>)."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an unfinished run from its last checkpoint."
@@ -109,12 +80,9 @@ def train_command(
     """
     from autarky.train import train
 
-    workdir, [tokens_artifact] = chain.inputs(workdir, (tokens, "tokens"))
+    workdir, [tokens_artifact] = chain.inputs(ctx, workdir, (tokens, "tokens"))
     init_artifact = artifact.resolve(workdir, init, "model") if init else None
-    with says_how_to_resume():
-        model = train(
-            tokens_artifact, workdir, config, name=name, resume=resume, force=force, init=init_artifact
-        )
+    model = train(tokens_artifact, workdir, config, name=name, resume=resume, force=force, init=init_artifact)
     m = model.metrics
     if not as_json:
         out.print(
@@ -140,6 +108,7 @@ def _model_steps(model: artifact.Artifact, chat: bool) -> list[list[str]]:
 @app.command("sft", rich_help_panel=PIPELINE)
 @with_config(SFTConfig)
 def sft_command(
+    ctx: typer.Context,
     model: str = typer.Argument(None, help=input_help("model", " to fine-tune")),
     chat: str = typer.Argument(None, help=input_help("chat", " (from curate-chat)")),
     workdir: Path = workdir_option(),
@@ -160,9 +129,8 @@ def sft_command(
     """
     from autarky.train.sft import sft
 
-    workdir, [base, conversations] = chain.inputs(workdir, (model, "model"), (chat, "chat"))
-    with says_how_to_resume():
-        result = sft(base, conversations, workdir, config, name=name, resume=resume, force=force)
+    workdir, [base, conversations] = chain.inputs(ctx, workdir, (model, "model"), (chat, "chat"))
+    result = sft(base, conversations, workdir, config, name=name, resume=resume, force=force)
     m = result.metrics
     if not as_json:
         adapter = f"; PEFT adapter in {result.path / 'adapter'}" if m["lora_rank"] else ""
@@ -178,6 +146,7 @@ def sft_command(
 @app.command("export", rich_help_panel=PIPELINE)
 @with_config(ExportConfig)
 def export_command(
+    ctx: typer.Context,
     model: str = typer.Argument(None, help=input_help("model")),
     workdir: Path = workdir_option(),
     name: str = typer.Option(None, "--name", help="Artifact name (default: <model>-<dtype>-<recipe hash>)."),
@@ -191,7 +160,7 @@ def export_command(
     """
     from autarky.gguf import FILE, export
 
-    workdir, [source] = chain.inputs(workdir, (model, "model"))
+    workdir, [source] = chain.inputs(ctx, workdir, (model, "model"))
     result = export(source, workdir, config, name=name, force=force)
     path = result.path / FILE
     if not as_json:
@@ -229,8 +198,8 @@ def demo(
     """
     from autarky.demo import print_result, run_demo
 
-    with says_how_to_resume(flag=None):  # the demo resumes its runs by itself
-        made = run_demo(
+    print_result(
+        run_demo(
             workdir,
             source=source,
             minutes=minutes,
@@ -239,4 +208,4 @@ def demo(
             preset=preset,
             sft_minutes=sft_minutes,
         )
-    print_result(made)
+    )
