@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -10,7 +14,7 @@ from autarky import artifact
 from autarky.cli import chain
 from autarky.cli.chain import JSON_HELP, input_help
 from autarky.cli.common import PIPELINE, app, human_bytes, workdir_option
-from autarky.console import out
+from autarky.console import console, out
 from autarky.gguf import ExportConfig
 from autarky.interop import ImportConfig
 from autarky.options import with_config
@@ -18,6 +22,31 @@ from autarky.train import TrainConfig
 from autarky.train.config import SFTConfig
 
 # ---------------------------------------------------------------- training and generation
+
+INIT_HELP = (
+    "Start from this model's weights, to train a finished model more: a new model artifact (its "
+    "lineage names MODEL) with a fresh optimizer and schedule, warmup included, and MODEL's architecture "
+    "(--preset is not used). An unfinished run continues with --resume instead, its optimizer state kept."
+)
+
+
+@contextmanager
+def says_how_to_resume(flag: str | None = "--resume") -> Iterator[None]:
+    """Ctrl-C in a training run: where its checkpoint is, and the command that continues from it
+    (this very command, with `flag` and without --force)."""
+    from autarky.train.checkpoint import Interrupted
+
+    try:
+        yield
+    except Interrupted as stop:
+        words = [w for w in sys.argv[1:] if w != "--force"]
+        if stop.step is None:
+            console.print(f"[yellow]interrupted[/] before {stop.run_dir} had a checkpoint: nothing to resume")
+        else:
+            console.print(f"[yellow]interrupted:[/] {stop.run_dir} holds a checkpoint at step {stop.step}")
+            words += [flag] if flag and flag not in words else []
+        out.print(f"next: {shlex.join(['autarky', *words])}", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 @app.command("import", rich_help_panel=PIPELINE)
@@ -65,7 +94,7 @@ def train_command(
     ctx: typer.Context,
     tokens: str = typer.Argument(None, help=input_help("tokens")),
     workdir: Path = workdir_option(),
-    init: str = typer.Option(None, help="Start from this model artifact's weights (fine-tuning)."),
+    init: str = typer.Option(None, metavar="MODEL", help=INIT_HELP),
     name: str = typer.Option(None, help="Artifact name (default: <corpus>-<preset>-<recipe hash>)."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an unfinished run from its last checkpoint."
@@ -76,13 +105,16 @@ def train_command(
 ) -> None:
     """Pretrain a Llama-family model on a tokens artifact.
 
-    Example: [bold]autarky train demo-tokens --preset tiny --minutes 5[/]
+    Example: [bold]autarky train latest --preset tiny --minutes 5[/]
     """
     from autarky.train import train
 
     workdir, [tokens_artifact] = chain.inputs(ctx, workdir, (tokens, "tokens"))
     init_artifact = artifact.resolve(workdir, init, "model") if init else None
-    model = train(tokens_artifact, workdir, config, name=name, resume=resume, force=force, init=init_artifact)
+    with says_how_to_resume():
+        model = train(
+            tokens_artifact, workdir, config, name=name, resume=resume, force=force, init=init_artifact
+        )
     m = model.metrics
     if not as_json:
         out.print(
@@ -125,12 +157,13 @@ def sft_command(
     With --lora R only low-rank adapters train on a frozen model; the artifact holds the merged
     model and, in adapter/, the adapter alone for PEFT.
 
-    Example: [bold]autarky sft demo-model python-chat --minutes 2 --lora 8[/]
+    Example: [bold]autarky sft latest latest --minutes 2 --lora 8[/]
     """
     from autarky.train.sft import sft
 
     workdir, [base, conversations] = chain.inputs(ctx, workdir, (model, "model"), (chat, "chat"))
-    result = sft(base, conversations, workdir, config, name=name, resume=resume, force=force)
+    with says_how_to_resume():
+        result = sft(base, conversations, workdir, config, name=name, resume=resume, force=force)
     m = result.metrics
     if not as_json:
         adapter = f"; PEFT adapter in {result.path / 'adapter'}" if m["lora_rank"] else ""
@@ -156,7 +189,7 @@ def export_command(
 ) -> None:
     """Write a model as one GGUF file for llama.cpp and Ollama, tokenizer and chat template inside.
 
-    Example: [bold]autarky export work/model/demo --format gguf --dtype q8_0[/]
+    Example: [bold]autarky export latest --format gguf --dtype q8_0[/]
     """
     from autarky.gguf import FILE, export
 
@@ -198,8 +231,8 @@ def demo(
     """
     from autarky.demo import print_result, run_demo
 
-    print_result(
-        run_demo(
+    with says_how_to_resume(flag=None):  # the demo resumes its runs by itself
+        made = run_demo(
             workdir,
             source=source,
             minutes=minutes,
@@ -208,4 +241,4 @@ def demo(
             preset=preset,
             sft_minutes=sft_minutes,
         )
-    )
+    print_result(made)
