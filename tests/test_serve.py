@@ -94,12 +94,16 @@ def model_dir(tmp_path_factory) -> Path:
     return shared_model_dir(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+ENGINES = ["llama.cpp", "torch"]  # every API test runs on both engines: what is above them is the same
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(model_dir, tmp_path_factory, request):
     audit = tmp_path_factory.mktemp("audit") / "audit.jsonl"
-    app, settings = build_app(
-        model_dir, ServeConfig(slots=8, max_queue=32, audit_log=audit, audit_content=True, model_name="tiny")
+    config = ServeConfig(
+        slots=8, max_queue=32, audit_log=audit, audit_content=True, model_name="tiny", engine=request.param
     )
+    app, settings = build_app(model_dir, config)
     with Server(app) as s:
         s.audit, s.name = audit, settings.model_name
         yield s

@@ -20,7 +20,7 @@ from autarky.serve import ServeConfig, build_app
 from autarky.serve.engine import Engine, Request
 from autarky.tokenizer import CHAT_TEMPLATE, Tokenizer
 from autarky.train import TOKENIZER_FILES
-from tests.test_serve import CONTEXT, Server, shared_model_dir
+from tests.test_serve import CONTEXT, ENGINES, Server, shared_model_dir
 
 # Log-probabilities from the server's chunked prefill and from one forward pass agree this closely
 # in fp32 (the bar for lm-eval's numbers against ours).
@@ -52,8 +52,8 @@ def tok(model_dir) -> Tokenizer:
     return Tokenizer.load(model_dir)
 
 
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=ENGINES)
+def server(model_dir, tmp_path_factory, request):
     # A prefill chunk of 32 tokens, so most prompts here are scored over several chunks.
     config = ServeConfig(
         slots=4,
@@ -61,6 +61,7 @@ def server(model_dir, tmp_path_factory):
         prefill_chunk=32,
         model_name="tiny",
         audit_log=tmp_path_factory.mktemp("a") / "a",
+        engine=request.param,
     )
     app, settings = build_app(model_dir, config)
     with Server(app) as s:
