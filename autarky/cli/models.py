@@ -10,7 +10,7 @@ import typer
 from autarky import artifact
 from autarky.cli.common import MODEL, app, workdir_option
 from autarky.console import UserError, console
-from autarky.options import with_config
+from autarky.options import in_flags, with_config
 from autarky.serve import ServeConfig
 
 
@@ -22,12 +22,23 @@ def _model_dir(model_ref: str, workdir: Path) -> Path:
     return artifact.resolve(workdir, model_ref, "model").path
 
 
-def _load_for_generation(model_ref: str, workdir: Path):
-    from autarky.model import load_pretrained
+def _load_for_generation(model_ref: str, workdir: Path, engine: str, dtype: str):
+    """The model's runner (`autarky.runner`: PyTorch or llama.cpp) and its tokenizer."""
+    from autarky.runner import open_runner
     from autarky.tokenizer import Tokenizer
 
     path = _model_dir(model_ref, workdir)
-    return load_pretrained(path), Tokenizer.load(path)
+    return open_runner(path, engine, dtype), Tokenizer.load(path)
+
+
+def engine_option():
+    return typer.Option(
+        "auto", "--engine", help="torch, llama.cpp, or auto (llama.cpp on a CPU when installed: faster)."
+    )
+
+
+def dtype_option():
+    return typer.Option("fp32", "--dtype", help="fp32 (exact), bf16, or int8 (q8_0 in llama.cpp).")
 
 
 def _sampling(temperature: float, top_k: int, top_p: float, max_tokens: int, seed: int | None):
@@ -36,7 +47,10 @@ def _sampling(temperature: float, top_k: int, top_p: float, max_tokens: int, see
     params = SamplingParams(
         temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed
     )
-    params.validate()
+    try:
+        params.validate()
+    except UserError as e:
+        raise UserError(in_flags(str(e), SamplingParams, every_field=True)) from e
     return params
 
 
@@ -52,14 +66,16 @@ def generate(
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass."),
     max_tokens: int = typer.Option(200, "--max-tokens", help="Most tokens to generate."),
     seed: int = typer.Option(None, help="Fix the sampling for a repeatable result."),
+    engine: str = engine_option(),
+    dtype: str = dtype_option(),
 ) -> None:
     """Continue a prompt, streaming the text to the terminal.
 
-    Example: [bold]autarky generate work/model/demo "The list data type" --seed 0[/]
+    Example: [bold]autarky generate latest "The list data type" --seed 0[/]
     """
     from autarky.generate import Completion, stream
 
-    net, tokenizer = _load_for_generation(model, workdir)
+    net, tokenizer = _load_for_generation(model, workdir, engine, dtype)
     params = _sampling(temperature, top_k, top_p, max_tokens, seed)
     done = Completion()
     sys.stdout.write(prompt)
@@ -68,6 +84,19 @@ def generate(
         sys.stdout.flush()
     sys.stdout.write("\n")
     console.print(f"[dim]{len(done.token_ids)} tokens, finish reason: {done.finish_reason}[/]")
+    if done.capped:
+        context = net.context
+        console.print(
+            f"[dim]the model's context ({context} tokens) capped --max-tokens {max_tokens} at "
+            f"{context - done.prompt_tokens}, after the prompt's {done.prompt_tokens}[/]"
+        )
+
+
+CHAT_COMMANDS = "/help lists these, /reset starts over, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply"
+NOT_CHAT_TUNED = (
+    "this model was never chat-tuned (no sft in its lineage): it continues text rather than answering. "
+    "`autarky sft MODEL CHAT` teaches it to chat"
+)
 
 
 @app.command(rich_help_panel=MODEL)
@@ -80,26 +109,34 @@ def chat(
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass."),
     max_tokens: int = typer.Option(300, "--max-tokens", help="Most tokens in each answer."),
     seed: int = typer.Option(None, help="Fix the sampling for repeatable answers."),
+    engine: str = engine_option(),
+    dtype: str = dtype_option(),
 ) -> None:
-    """Talk with a model in the terminal; /reset starts over, /exit (or Ctrl-D) leaves.
+    """Talk with a model in the terminal; /help lists the commands, Ctrl-C stops a reply, Ctrl-D leaves.
 
-    Example: [bold]autarky chat work/model/demo[/]
+    Example: [bold]autarky chat latest[/]
     """
-    from autarky.generate import Completion, fit_conversation, stream
+    from autarky.generate import fit_conversation
+    from autarky.model import chat_tuned
 
-    net, tokenizer = _load_for_generation(model, workdir)
+    path = _model_dir(model, workdir)
+    net, tokenizer = _load_for_generation(str(path), workdir, engine, dtype)
     params = _sampling(temperature, top_k, top_p, max_tokens, seed)
-    context = net.config.max_position_embeddings
+    context = net.context
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
-    console.print("[dim]chatting; /reset starts over, /exit leaves[/]")
+    if chat_tuned(path) is False:
+        console.print(f"[yellow]note:[/] {NOT_CHAT_TUNED}")
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  (input() then edits the line with the arrow keys, and keeps a history)
+    console.print(f"[dim]chatting; {CHAT_COMMANDS}[/]")
     while True:
-        try:
-            line = input("you> ")
-        except EOFError:
+        line = _ask()
+        if line is None or line.strip() in ("/exit", "/quit"):
             break
-        if line.strip() in ("/exit", "/quit"):
-            break
+        if line.strip() in ("/help", "/?"):
+            console.print(CHAT_COMMANDS)
+            continue
         if line.strip() == "/reset":
             messages = list(start)
             continue
@@ -110,13 +147,35 @@ def chat(
         except UserError as e:
             console.print(f"[red]{e}[/]; say something shorter")
             continue
-        done = Completion()
-        sys.stdout.write("model> ")
-        for piece in stream(net, tokenizer, prompt, params, completion=done):
+        messages.append({"role": "assistant", "content": _reply(net, tokenizer, prompt, params)})
+
+
+def _ask() -> str | None:
+    """The user's next line; None at the end of input. Ctrl-C here clears the line, as in a shell."""
+    while True:
+        try:
+            return input("you> ")
+        except EOFError:
+            return None
+        except KeyboardInterrupt:
+            console.print("\n[dim](/exit or Ctrl-D leaves)[/]")
+
+
+def _reply(net, tokenizer, prompt: list[int], params) -> str:
+    """Stream one answer and return its text; Ctrl-C ends the answer, not the session."""
+    from autarky.generate import stream
+
+    pieces = []
+    sys.stdout.write("model> ")
+    try:
+        for piece in stream(net, tokenizer, prompt, params):
+            pieces.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
-        sys.stdout.write("\n")
-        messages.append({"role": "assistant", "content": done.text})
+    except KeyboardInterrupt:
+        console.print(" [dim](stopped)[/]", end="")
+    sys.stdout.write("\n")
+    return "".join(pieces)
 
 
 @app.command(rich_help_panel=MODEL)
@@ -131,7 +190,7 @@ def serve(
     Keys come from --api-keys-file or $AUTARKY_API_KEYS (never the process list), e.g.
     [bold]openssl rand -hex 16 > keys.txt[/].
 
-    Example: [bold]autarky serve work/model/demo --api-keys-file keys.txt[/]
+    Example: [bold]autarky serve latest --api-keys-file keys.txt[/]
     """
     from autarky.serve import serve as run_serve
 
