@@ -299,3 +299,16 @@ def test_gc_knows_the_checkpoint_training_writes():
     from autarky.train.checkpoint import CHECKPOINT
 
     assert CHECKPOINT in workspace.RESUMABLE
+
+
+def test_show_a_model_leads_on_as_train_does(pipeline, tmp_path):
+    """The next commands of a model made from a real corpus: a prompt from its held-out text, eval on it."""
+    work = tmp_path / "work"
+    model = make(work, "model", "docs-tiny-1a2b3c4d", [pipeline.tokens, pipeline.tokenizer])
+    result = cli("show", model.name, workdir=work)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("next: ")]
+    assert lines[0].startswith(f"next: autarky generate {model.name} ") and len(lines[0].split()) > 4
+    assert f"next: autarky eval {model.name} --corpus {pipeline.corpus.name} -w " in result.stdout
+    assert "1.2M params, val 2.346 bpb" in result.stdout
+    assert "tokens/" in result.stdout and "(in ../" in result.stdout  # its inputs live in another workspace

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from autarky import artifact
+from autarky import artifact, workspace
 from autarky.cli import chain
 from autarky.cli.common import WORKSPACE, app, human_bytes, workdir_option
 from autarky.console import console, out
@@ -81,10 +81,15 @@ def next_steps(a: artifact.Artifact) -> list[list[str]]:
         "card": [["serve", inputs.get("model", "MODEL")]],
         "export": [["serve", inputs.get("model", "MODEL")]],
     }.get(a.kind, [])
-    if a.kind == "model":
-        steps = [["chat", a.name], ["serve", a.name], ["eval", a.name], ["export", a.name]]
+    if (
+        a.kind == "model"
+    ):  # as `train` and `sft` end: a chat model is talked with, a base model continues text
+        corpus = chain.source_corpus(a)
+        steps = [["chat", a.name], ["serve", a.name]]
         if "chat" not in inputs:
-            steps.insert(0, ["generate", a.name, chain.FALLBACK_PROMPT])
+            steps.insert(0, ["generate", a.name, chain.prompt_from(corpus)])
+        steps += [["eval", a.name, "--corpus", corpus.name]] if corpus else []
+        steps.append(["export", a.name])
     return [*steps, ["lineage", a.name]]
 
 
@@ -124,7 +129,7 @@ def ls_columns(finished: list[artifact.Artifact], unfinished: list[Path], width:
     metric go in that order. A name longer than the terminal still prints whole: the line runs on.
     """
     rows = [(a.kind, a.name, key_metric(a), human_bytes(artifact.artifact_size(a))) for a in finished]
-    rows += [(d.parent.name, d.name, "unfinished", "") for d in unfinished]
+    rows += [(d.parent.name, d.name, unfinished_label(d), "") for d in unfinished]
     pad = [""] * len(unfinished)
 
     def layout(short: bool, drop: set[str]) -> list[Column]:
@@ -148,6 +153,11 @@ def ls_columns(finished: list[artifact.Artifact], unfinished: list[Path], width:
         if table_width(columns) <= width:
             return columns
     return layouts[-1]
+
+
+def unfinished_label(d: Path) -> str:
+    resumable = any((d / f).is_file() for f in workspace.RESUMABLE)
+    return "unfinished, resumable" if resumable else "unfinished"
 
 
 def table_width(columns: list[Column]) -> int:
@@ -367,8 +377,6 @@ def rm_command(
 
     Example: [bold]autarky rm latest --cascade --dry-run -w work[/]
     """
-    from autarky import workspace
-
     gone = workspace.removal(artifact.find(workdir, name), cascade)
     verb = "would remove" if dry_run else "removed"
     if not dry_run:
@@ -395,8 +403,6 @@ def gc(
 
     Example: [bold]autarky gc -w work --dry-run[/]
     """
-    from autarky import workspace
-
     found = workspace.leftovers(workdir)
     if not found:
         out.print(f"{workdir} holds nothing unfinished", markup=False)
