@@ -188,7 +188,9 @@ def input_dir(workspace: Path, ref: dict) -> Path:
     base = Path(workspace)
     if "workspace" in ref:
         if not isinstance(ref["workspace"], str) or not ref["workspace"]:
-            raise UserError(f"the input {kind}/{name} names its workspace as {ref['workspace']!r}, not a path")
+            raise UserError(
+                f"the input {kind}/{name} names its workspace as {ref['workspace']!r}, not a path"
+            )
         base = base / ref["workspace"]
     path = base / kind / name
     if path.resolve() != base.resolve() / kind / name:  # a linked directory, in or out
@@ -335,7 +337,9 @@ def find(workdir: Path, ref: str) -> Artifact:
         return named[0]
     if named:
         spelled = ", ".join(f"{a.kind}/{a.name}" for a in named)
-        raise UserError(f"{ref!r} names {len(named)} artifacts in {workdir}: {spelled}; say which, as kind/name")
+        raise UserError(
+            f"{ref!r} names {len(named)} artifacts in {workdir}: {spelled}; say which, as kind/name"
+        )
     as_path = [Path(ref)] if os.sep in ref else []  # a bare word is a name, even where a directory has it
     for half in [*as_path, *(d for d in unfinished if d.name == ref)]:
         if half.is_dir():
@@ -663,16 +667,21 @@ def check_sources(artifacts: list[Artifact]) -> SourceCheck:
     result, seen = SourceCheck(), set()
     for a in artifacts:
         for s in a.manifest.get("sources", []):
-            path, label = str(s.get("path", "")), f"{a.kind}/{a.name}"
+            path, label = str(s.get("path") or ""), f"{a.kind}/{a.name}"
             if (path, s["sha256"]) in seen:
                 continue
             seen.add((path, s["sha256"]))
-            if not path or not Path(path).is_file():
+            if not path:
+                result.missing.append((label, path))
+                continue
+            try:
+                size_differs = isinstance(s.get("bytes"), int) and Path(path).stat().st_size != s["bytes"]
+                changed = size_differs or sha256_file(Path(path)) != s["sha256"]
+            except OSError:  # gone, a directory now, or unreadable: nothing to compare
                 result.missing.append((label, path))
                 continue
             result.checked += 1
-            size_differs = isinstance(s.get("bytes"), int) and Path(path).stat().st_size != s["bytes"]
-            if size_differs or sha256_file(Path(path)) != s["sha256"]:
+            if changed:
                 result.changed.append((label, path))
     return result
 

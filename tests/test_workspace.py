@@ -312,3 +312,14 @@ def test_show_a_model_leads_on_as_train_does(pipeline, tmp_path):
     assert f"next: autarky eval {model.name} --corpus {pipeline.corpus.name} -w " in result.stdout
     assert "1.2M params, val 2.346 bpb" in result.stdout
     assert "tokens/" in result.stdout and "(in ../" in result.stdout  # its inputs live in another workspace
+
+
+def test_ls_lists_an_artifact_whose_metrics_are_not_what_its_kind_records(tmp_path):
+    """Metrics are the stage's claims, sealed but never checked: a manifest made by hand still lists."""
+    odd = make(tmp_path, "corpus", "by-hand")
+    manifest = json.loads((odd.path / "manifest.json").read_text())
+    manifest["metrics"] = {"documents_kept": 3, "bytes_kept": "lots"}
+    (odd.path / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("ls", "--json", workdir=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["metric"] == ""

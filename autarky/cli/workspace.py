@@ -37,28 +37,35 @@ def count(n: float) -> str:
 
 
 def key_metric(a: artifact.Artifact) -> str:
-    """The one number that says most about an artifact of its kind; empty when its stage recorded none."""
-    m = a.metrics
+    """The one number that says most about an artifact of its kind; empty when its stage recorded none
+    or the manifest holds something else where it should be (metrics are the stage's claims, not checked)."""
+    try:
+        return _key_metric(a.kind, a.metrics)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return ""
+
+
+def _key_metric(kind: str, m: dict) -> str:
     numbers = {k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    if a.kind == "corpus" and "documents_kept" in numbers:
+    if kind == "corpus" and "documents_kept" in numbers:
         return f"{m['documents_kept']} docs, {human_bytes(m.get('bytes_kept', 0))}"
-    if a.kind == "chat" and "conversations_kept" in numbers:
+    if kind == "chat" and "conversations_kept" in numbers:
         return f"{m['conversations_kept']} conversations"
-    if a.kind == "tokenizer" and "vocab_size" in numbers:
+    if kind == "tokenizer" and "vocab_size" in numbers:
         return f"vocab {m['vocab_size']}"
-    if a.kind == "tokens" and isinstance(m.get("train"), dict):
+    if kind == "tokens" and isinstance(m.get("train"), dict):
         total = sum(m[s].get("tokens", 0) for s in ("train", "val") if isinstance(m.get(s), dict))
         return f"{count(total)} tokens"
-    if a.kind == "model" and "parameters" in numbers:
+    if kind == "model" and "parameters" in numbers:
         bpb = f", val {m['val_bpb']:.3f} bpb" if isinstance(m.get("val_bpb"), float) else ""
         return f"{count(m['parameters'])} params{bpb}"
-    if a.kind == "eval" and isinstance(m.get("bpb"), dict) and m["bpb"]:
+    if kind == "eval" and isinstance(m.get("bpb"), dict) and m["bpb"]:
         return ", ".join(f"{v:.3f} bpb" for v in list(m["bpb"].values())[:2])
-    if a.kind == "export" and "bytes" in numbers:
+    if kind == "export" and "bytes" in numbers:
         return f"{m.get('dtype', '')} {human_bytes(m['bytes'])}".strip()
-    if a.kind == "tasks" and isinstance(m.get("tasks"), dict):
+    if kind == "tasks" and isinstance(m.get("tasks"), dict):
         return f"{len(m['tasks'])} tasks"
-    if a.kind in ("card", "report") and "evals" in numbers:
+    if kind in ("card", "report") and "evals" in numbers:
         return f"{m['evals']} evals"
     return ""
 
