@@ -671,13 +671,13 @@ def check_sources(artifacts: list[Artifact]) -> SourceCheck:
             if (path, s["sha256"]) in seen:
                 continue
             seen.add((path, s["sha256"]))
-            if not path:
+            if not path or not Path(path).is_file():
                 result.missing.append((label, path))
                 continue
             try:
                 size_differs = isinstance(s.get("bytes"), int) and Path(path).stat().st_size != s["bytes"]
                 changed = size_differs or sha256_file(Path(path)) != s["sha256"]
-            except OSError:  # gone, a directory now, or unreadable: nothing to compare
+            except OSError:  # gone since, or unreadable: nothing to compare
                 result.missing.append((label, path))
                 continue
             result.checked += 1
