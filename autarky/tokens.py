@@ -8,7 +8,9 @@ without loading the file. Training samples plain windows of the stream; a docume
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -16,19 +18,28 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from rich.progress import ProgressColumn
-from rich.text import Text
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from autarky.artifact import Artifact, Builder, compose_name, default_name
-from autarky.console import UserError, console, progress
+from autarky.console import UserError, console
 from autarky.data.corpus import SPLITS, count_documents, iter_texts, text_bytes
 from autarky.machine import available_cores
 from autarky.tokenizer import Tokenizer
+from autarky.train.config import TrainConfig
 
 # A batch is this many documents or this much text, whichever comes first: enough work for every
 # thread of the encoder, while one batch of long documents still fits easily in memory.
 BATCH_DOCUMENTS = 256
 BATCH_BYTES = 8 << 20
+MIN_BATCH_BYTES = 64 << 10
 SMALL_CORPUS_BYTES = 8 << 20
 
 
@@ -43,8 +54,12 @@ def tokenize(
     name: str | None = None,
     workers: int | None = None,
     force: bool = False,
+    seq_len: int = TrainConfig.seq_len,
 ) -> Artifact:
     """Encode every document of the corpus's train and val splits into packed token files.
+
+    A train split that cannot fill one training window of `seq_len` tokens (and the next token to
+    predict) is refused with the way out, here rather than when training starts.
 
     `workers` processes encode batches of documents while this one reads the corpus and writes
     the files, so reading, encoding and writing overlap. On 2 cores, ruslit (64 MB) took 41 s with
@@ -59,16 +74,19 @@ def tokenize(
         raise UserError(f"{tokenizer.path} is a {tokenizer.kind}; tokenize needs a tokenizer second")
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers} must be 1 or more")
+    if seq_len < 2:
+        raise UserError(f"--seq-len {seq_len} must be 2 or more")
     counts = {split: count_documents(corpus, split) for split in SPLITS}
     for split, n in counts.items():
         if n == 0:
             raise UserError(
-                f"corpus {corpus.name} has no {split} documents; training needs both train and val"
+                f"corpus {corpus.name} has no {split} documents, and training needs both: curate it again "
+                "with more documents, or with --val-split position to hold out the end of each document"
             )
+    sizes = {split: text_bytes(corpus, split) for split in SPLITS}
     if workers is None:
         # Starting processes costs a second or two, more than they save on a few megabytes of text.
-        text = sum(text_bytes(corpus, split) for split in SPLITS)
-        workers = 1 if text <= SMALL_CORPUS_BYTES else available_cores()
+        workers = 1 if sum(sizes.values()) <= SMALL_CORPUS_BYTES else available_cores()
 
     tok = Tokenizer.load(tokenizer)
     dtype = dtype_for(tok.vocab_size)
@@ -79,29 +97,45 @@ def tokenize(
     builder = Builder(workdir, "tokens", name, config, [corpus, tokenizer])
     if (done := builder.existing(force)) is not None:
         console.print(f"reusing tokens {name} (same corpus, tokenizer and settings)")
+        check_window(done.metrics, seq_len)
         return done
 
-    with builder, _Encoder(tokenizer.path, dtype, workers) as encoder, progress(RateColumn("docs")) as bar:
+    with builder, _Encoder(tokenizer.path, dtype, workers) as encoder, _SplitProgress() as bar:
         metrics: dict = {"dtype": dtype, "vocab_size": tok.vocab_size}
         for split in SPLITS:
-            task = bar.add_task(f"tokenizing {split}", total=counts[split])
-            metrics[split] = _write_split(
-                corpus, split, encoder, builder.dir, lambda n, task=task: bar.advance(task, n)
-            )
+            bar.split(f"tokenizing {split}", sizes[split])
+            metrics[split] = _write_split(corpus, split, encoder, builder.dir, bar)
+        check_window(metrics, seq_len)
         builder.metrics = metrics
         return builder.finish()
 
 
-def _write_split(corpus: Artifact, split: str, encoder: _Encoder, out: Path, advance) -> dict:
+def check_window(metrics: dict, seq_len: int) -> None:
+    """Refuse a train split shorter than one window of `seq_len` tokens and the token after it, which
+    is what `autarky train` samples (train/pretrain.py), with the ways out."""
+    have = metrics["train"]["tokens"]
+    if have > seq_len + 1:
+        return
+    shorter = 2 ** int(math.log2(have - 2)) if have >= 4 else 0
+    raise UserError(
+        f"the train split holds {have:,} tokens, fewer than one training window needs "
+        f"(--seq-len {seq_len} + 1): curate more text"
+        + (f", or tokenize and train with --seq-len {shorter}" if shorter >= 2 else "")
+    )
+
+
+def _write_split(corpus: Artifact, split: str, encoder: _Encoder, out: Path, bar: _SplitProgress) -> dict:
     """Stream one split into `{split}.bin`; return its counts."""
     documents = tokens = text_bytes = 0
+    batches = _batches(iter_texts(corpus, split), bar.batch_bytes)
     with open(out / f"{split}.bin", "wb") as f:
-        for flat, n_documents, nbytes in encoder.map(_batches(iter_texts(corpus, split))):
+        for flat, n_documents, nbytes in encoder.map(batches):
             f.write(flat.tobytes())
             documents += n_documents
             tokens += len(flat)
             text_bytes += nbytes
-            advance(n_documents)
+            bar.advance(nbytes, documents)
+    bar.done()
     text_tokens = tokens - documents  # the <|bos|> of each document stands for no text
     return {
         "documents": documents,
@@ -155,12 +189,12 @@ class _Encoder:
             yield pending.popleft().result()
 
 
-def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
+def _batches(texts: Iterator[str], max_bytes: int = BATCH_BYTES) -> Iterator[list[str]]:
     batch, size = [], 0
     for text in texts:
         batch.append(text)
         size += len(text)
-        if len(batch) >= BATCH_DOCUMENTS or size >= BATCH_BYTES:
+        if len(batch) >= BATCH_DOCUMENTS or size >= max_bytes:
             yield batch
             batch, size = [], 0
     if batch:
@@ -187,18 +221,50 @@ def _encode_in_worker(texts: list[str], dtype: str) -> tuple[np.ndarray, int, in
     return _encode(_worker_tokenizer, texts, dtype)
 
 
-class RateColumn(ProgressColumn):
-    """Items per second, for the progress bar."""
+class _SplitProgress:
+    """The bar of one split at a time, in bytes of text: a batch of long documents moves it as far as
+    many short ones, and batches are small enough (a 64th of the split, within bounds) that it moves
+    even for a small corpus. The rate is the text encoded over the time since the split began, not
+    rich's estimate from the last few updates, which reads absurd when finished batches of a pool
+    arrive together."""
 
-    def __init__(self, unit: str):
-        super().__init__()
-        self.unit = unit
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(
-            f"{speed:,.0f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed"
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
         )
+        self.task: TaskID | None = None
+        self.batch_bytes = BATCH_BYTES
+        self.started = 0.0
+
+    def __enter__(self) -> _SplitProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def split(self, description: str, total_bytes: int) -> None:
+        self.task = self.bar.add_task(description, total=max(total_bytes, 1), rate="")
+        self.batch_bytes = min(BATCH_BYTES, max(MIN_BATCH_BYTES, total_bytes // 64))
+        self.started = time.perf_counter()
+
+    def advance(self, nbytes: int, documents: int) -> None:
+        assert self.task is not None
+        self.bar.advance(self.task, nbytes)
+        done = self.bar.tasks[self.task].completed
+        rate = done / max(time.perf_counter() - self.started, 1e-6)
+        speed = f"{rate / 1e6:,.1f} MB/s" if rate >= 1e6 else f"{rate / 1e3:,.0f} kB/s"
+        self.bar.update(self.task, rate=f"{speed} · {documents:,} document" + "s" * (documents != 1))
+
+    def done(self) -> None:
+        assert self.task is not None
+        self.bar.update(self.task, completed=self.bar.tasks[self.task].total)
 
 
 # ---------------------------------------------------------------- reading back

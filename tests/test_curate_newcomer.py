@@ -323,3 +323,56 @@ def kept_rows(corpus) -> list[dict]:
     return [
         d for split in ("train", "val") for d in iter_documents(corpus, split, ("source", "text", "meta"))
     ]
+
+
+# ------------------------------------------------------------------ tokenize
+
+
+def test_tokenize_refuses_a_train_split_shorter_than_one_window(tmp_path, pipeline):
+    from autarky.tokens import tokenize
+
+    (tmp_path / "short.txt").write_text(LICENCE)
+    corpus = curate([tmp_path / "short.txt"], tmp_path / "work", workers=1)
+    with pytest.raises(UserError) as e:
+        tokenize(corpus, pipeline.tokenizer, tmp_path / "work")
+    message = str(e.value)
+    have = int(message.split(" tokens")[0].rsplit(" ", 1)[1])
+    assert message == (
+        f"the train split holds {have} tokens, fewer than one training window needs (--seq-len 256 + 1): "
+        f"curate more text, or tokenize and train with --seq-len {2 ** int(np.log2(have - 2))}"
+    )
+    assert not (tmp_path / "work" / "tokens").exists() or not any((tmp_path / "work" / "tokens").iterdir())
+    shorter = tokenize(corpus, pipeline.tokenizer, tmp_path / "work", seq_len=have - 2)
+    assert shorter.metrics["train"]["tokens"] == have
+    with pytest.raises(UserError, match="fewer than one training window"):  # reused, still checked
+        tokenize(corpus, pipeline.tokenizer, tmp_path / "work", seq_len=have - 1)
+
+
+def test_the_tokenize_bar_moves_in_bytes_at_a_rate_the_clock_bears_out(tmp_path, pipeline, monkeypatch):
+    """Reproduces issue 12.9: the bar counted whole batches of documents (a small corpus moved it once)
+    and rich's rate, estimated from updates that arrive together, read absurd."""
+    import time
+
+    from autarky import tokens as stage
+
+    calls: list[tuple[str, int, str]] = []
+    advance = stage._SplitProgress.advance
+
+    def watched(self, nbytes: int, documents: int) -> None:
+        advance(self, nbytes, documents)
+        task = self.bar.tasks[self.task]
+        calls.append((task.description, nbytes, task.fields["rate"]))
+
+    monkeypatch.setattr(stage._SplitProgress, "advance", watched)
+    started = time.perf_counter()
+    made = stage.tokenize(pipeline.corpus, pipeline.tokenizer, tmp_path / "work", workers=1)
+    wall = time.perf_counter() - started
+    m = made.metrics
+    assert sum(n for _, n, _ in calls) == m["train"]["bytes"] + m["val"]["bytes"]
+    train = [rate for split, _, rate in calls if split == "tokenizing train"]
+    assert len(train) >= 4  # several steps for a corpus of a few hundred kB, not one
+    last_train = train[-1]
+    value, unit = last_train.split(" · ")[0].split()
+    rate = float(value.replace(",", "")) * {"kB/s": 1e3, "MB/s": 1e6}[unit]
+    assert rate >= m["train"]["bytes"] / wall * 0.9  # the text done over no more than the time it took
+    assert rate < 1e9 and last_train.endswith("documents")

@@ -15,6 +15,7 @@ from autarky.console import UserError, console, out
 from autarky.data.config import ChatConfig, CurateConfig
 from autarky.data.executor import Executor
 from autarky.options import with_config
+from autarky.train.config import TrainConfig
 
 # ---------------------------------------------------------------- curate
 
@@ -189,6 +190,11 @@ def tokenize_command(
         None, "--workers", help="Encoding processes (default: all cores; 1 for a small corpus)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
+    seq_len: int = typer.Option(
+        TrainConfig.seq_len,
+        "--seq-len",
+        help="The training window (train's --seq-len): a train split too short to fill one is refused.",
+    ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Encode a corpus with a tokenizer into train.bin / val.bin, ready for `autarky train`.
@@ -198,10 +204,11 @@ def tokenize_command(
     from autarky.tokens import tokenize
 
     workdir, [source, vocabulary] = chain.inputs(ctx, workdir, (corpus, "corpus"), (tokenizer, "tokenizer"))
-    result = tokenize(source, vocabulary, workdir, name=name, workers=workers, force=force)
+    result = tokenize(source, vocabulary, workdir, name=name, workers=workers, force=force, seq_len=seq_len)
     if not as_json:
         _print_tokens(result)
-    chain.finish(result, workdir, [["train", result.name]], as_json)
+    window = ["--seq-len", str(seq_len)] if seq_len != TrainConfig.seq_len else []
+    chain.finish(result, workdir, [["train", result.name, *window]], as_json)
 
 
 def _print_tokens(result: artifact.Artifact) -> None:
