@@ -46,8 +46,8 @@ def curate(
 ) -> None:
     """Curate raw files into a corpus: decode, normalise, filter, deduplicate, split, account for every document.
 
-    Reads .txt .md .html .pdf .docx .epub .fb2 .jsonl(.gz/.zst) .parquet .warc(.gz), man pages, .zip and .tar.*
-    archives, in UTF-8 or the legacy Russian code pages.
+    Reads .txt .md .log .html .pdf .docx .epub .fb2 .jsonl(.gz/.zst) .parquet .warc(.gz), man pages, .zip, .tar.*,
+    and text without a suffix (README, COPYING), in UTF-8 or the legacy Russian code pages.
 
     Example: [bold]autarky curate 'work/sources/python-*-docs' --tag license=PSF-2.0 --lang en[/]
     """
