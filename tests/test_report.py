@@ -107,8 +107,9 @@ def test_lineage_uses_on_a_file_nothing_used_is_an_explicit_empty_answer(work, t
     assert "was made from the path gone.txt" in invoke(
         "lineage", "--uses", "gone.txt", "-w", str(work.workdir)
     )
-    result = CliRunner().invoke(app, ["lineage"])
-    assert result.exit_code != 0
+    # neither a name nor --uses: the newest artifact, and an empty workspace has none
+    result = CliRunner().invoke(app, ["lineage", "-w", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and "holds no finished artifact" in str(result.exception)
 
 
 def test_eval_verb_and_compare_print_tables_and_a_chart(work, tmp_path):
