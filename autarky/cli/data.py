@@ -78,7 +78,9 @@ def curate(
     if not as_json:
         console.print(summary_table(corpus.metrics, f"corpus/{corpus.name}"))
         out.print(
-            f"corpus {corpus.path}  (report: {corpus.path / 'report.md'})", markup=False, soft_wrap=True
+            f"corpus {chain.shown(corpus.path)}  (report: {chain.shown(corpus.path / 'report.md')})",
+            markup=False,
+            soft_wrap=True,
         )
     chain.finish(corpus, workdir, [["tokenizer", corpus.name]], as_json)
 
@@ -127,7 +129,7 @@ def _print_chat(result: artifact.Artifact) -> None:
     for reason, n in m["dropped"].items():
         table.add_row(f"dropped: {reason}", f"{n:,}")
     out.print(table)
-    out.print(f"chat corpus {result.path}", markup=False, soft_wrap=True)
+    out.print(f"chat corpus {chain.shown(result.path)}", markup=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- tokenizer and tokens
@@ -166,15 +168,15 @@ def _print_tokenizer(result: artifact.Artifact) -> None:
     from autarky.tokenizer import summary_rows
 
     table = Table(
-        title=f"tokenizer {result.name} · {result.metrics['vocab_size']} tokens",
-        caption="measured on the val split",
+        title=f"tokenizer {result.name}",
+        caption=f"{result.metrics['vocab_size']} tokens, measured on the val split",
     )
     for column in ("language", "documents", "bytes/token", "tokens/word"):
         table.add_column(column, justify="left" if column == "language" else "right")
     for row in summary_rows(result):
         table.add_row(*row)
     out.print(table)
-    out.print(f"tokenizer {result.path}", markup=False, soft_wrap=True)
+    out.print(f"tokenizer {chain.shown(result.path)}", markup=False, soft_wrap=True)
 
 
 @app.command("tokenize", rich_help_panel=PIPELINE)
@@ -226,4 +228,4 @@ def _print_tokens(result: artifact.Artifact) -> None:
             str(s["bytes_per_token"]),
         )
     out.print(table)
-    out.print(f"tokens {result.path}", markup=False, soft_wrap=True)
+    out.print(f"tokens {chain.shown(result.path)}", markup=False, soft_wrap=True)

@@ -55,7 +55,9 @@ def _print_eval(result: artifact.Artifact, results: dict) -> None:
     out.print(table)
     for sample in results["samples"]:
         out.print(f"[dim]sample:[/] [bold]{escape(sample['prompt'])}[/]{escape(sample['completion'])}")
-    out.print(f"eval {result.path}  (results.json, samples/, eval.png)", markup=False, soft_wrap=True)
+    out.print(
+        f"eval {chain.shown(result.path)}  (results.json, samples/, eval.png)", markup=False, soft_wrap=True
+    )
 
 
 def _print_compare(workdir: Path, plot: Path | None) -> None:
@@ -172,10 +174,10 @@ def card_command(
         left = result.metrics.get("to_fill_in", {})
         for f in ("README.md", "bom.cdx.json", "training-content-summary.md"):
             note = f"  [yellow]{left[f]} field(s) for a person to fill in[/]" if left.get(f) else ""
-            out.print(f"  {escape(str(result.path / f))}{note}", soft_wrap=True)
+            out.print(f"  {escape(chain.shown(result.path / f))}{note}", soft_wrap=True)
         m = result.metrics
         out.print(
-            f"card {result.path}: {m.get('evals', 0)} eval(s), BOM {m.get('serial_number')}",
+            f"card {chain.shown(result.path)}: {m.get('evals', 0)} eval(s), BOM {m.get('serial_number')}",
             markup=False,
             soft_wrap=True,
         )

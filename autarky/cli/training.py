@@ -74,13 +74,13 @@ def import_command(
     if not as_json:
         declared = licence.get("declared") or licence.get("title") or "not declared"
         out.print(
-            f"model {model.path}: {model.config['architecture']}, {m['parameters'] / 1e6:,.1f}M params, "
+            f"model {chain.shown(model.path)}: {model.config['architecture']}, {m['parameters'] / 1e6:,.1f}M params, "
             f"{'/'.join(m['dtype'])}, context {m['context']}, licence {declared}",
             markup=False,
             soft_wrap=True,
         )
         out.print(
-            f"tokenizer {tokenizer.path}: {tokenizer.metrics['vocab_size']:,} tokens",
+            f"tokenizer {chain.shown(tokenizer.path)}: {tokenizer.metrics['vocab_size']:,} tokens",
             markup=False,
             soft_wrap=True,
         )
@@ -118,7 +118,7 @@ def train_command(
     m = model.metrics
     if not as_json:
         out.print(
-            f"model {model.path}: {m['parameters'] / 1e6:.2f}M params, {m['steps']} steps, "
+            f"model {chain.shown(model.path)}: {m['parameters'] / 1e6:.2f}M params, {m['steps']} steps, "
             f"val loss {m['val_loss']:.3f}, {m['val_bpb']:.3f} bits/byte, {m['tokens_per_s'] or 0:,.0f} tokens/s",
             markup=False,
             soft_wrap=True,
@@ -166,9 +166,9 @@ def sft_command(
         result = sft(base, conversations, workdir, config, name=name, resume=resume, force=force)
     m = result.metrics
     if not as_json:
-        adapter = f"; PEFT adapter in {result.path / 'adapter'}" if m["lora_rank"] else ""
+        adapter = f"; PEFT adapter in {chain.shown(result.path / 'adapter')}" if m["lora_rank"] else ""
         out.print(
-            f"model {result.path}: {m['steps']} steps, held-out assistant loss "
+            f"model {chain.shown(result.path)}: {m['steps']} steps, held-out assistant loss "
             f"{m['initial_val_loss']:.3f} → {m['val_loss']:.3f}, {m['val_bpb']:.3f} bits/byte{adapter}",
             markup=False,
             soft_wrap=True,
@@ -195,7 +195,7 @@ def export_command(
 
     workdir, [source] = chain.inputs(ctx, workdir, (model, "model"))
     result = export(source, workdir, config, name=name, force=force)
-    path = result.path / FILE
+    path = chain.shown(result.path / FILE)
     if not as_json:
         out.print(
             f"export {path}: {config.dtype}, {human_bytes(result.metrics.get('bytes', 0))}",
