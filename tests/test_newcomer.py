@@ -141,3 +141,24 @@ def test_default_names_say_what_went_in_without_growing_hashes(pipeline):
         and named.count("-") == corpus.name.count("-") + 1
     )
     assert pipeline.tokenizer.name.startswith(f"{artifact.stem(corpus.name)}-bpe512-")
+
+
+def test_the_readme_walkthrough_runs_what_each_stage_printed():
+    """The README's own-documents session: every command after the first is a `next:` line it printed."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    session = readme.split("## Your own documents")[1].split("```console\n")[1].split("```")[0]
+    printed: list[str] = []
+    commands = 0
+    for line in session.splitlines():
+        if line.startswith("$ "):
+            if printed:
+                assert line[2:].startswith(printed[0]), (line, printed[0])
+            printed, commands = [], commands + 1
+        elif line.startswith("next: "):
+            printed.append(line.removeprefix("next: "))
+    assert commands == 5
+    corpus = artifact.stem(shlex.split(session.splitlines()[2].removeprefix("next: "))[2])
+    assert (
+        f"tokenizer work/tokenizer/{corpus}-bpe4096-" in session
+        and f"model work/model/{corpus}-tiny-" in session
+    )
