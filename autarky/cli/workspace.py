@@ -230,8 +230,9 @@ def show(
     workdir: Path = workdir_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for programs."),
 ) -> None:
-    """Say what an artifact is: kind, id, when made, size, what it was made from, its metrics, its files,
-    and the commands that take it further.
+    """Say what an artifact is: kind, id, when made, size, inputs, metrics, files and what to run next.
+
+    With no name, the newest artifact in the workspace.
 
     Example: [bold]autarky show latest -w work[/]
     """
