@@ -1,5 +1,8 @@
-"""Serving benchmark: decode speed against the memory-bandwidth floor, continuous batching, TTFT,
-transformers' `generate` as a reference, and fp32/bf16/int8 speed and bits-per-byte.
+"""Serving benchmark: both engines through the HTTP API beside llama.cpp called directly, at each
+precision; continuous batching (1 and 16 streaming clients) with TTFT; bits per byte of each precision.
+
+Batch-1 decode is timed as a client sees it: one streaming client, greedy, the time from its first
+token to its last. llama.cpp's own figure is llama-cpp-python's `Llama.generate` on the same GGUF.
 
     .venv/bin/python bench/serve.py [--text ../shared/corpora/tinyshakespeare/input.txt] [--quick]
 
@@ -31,11 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autarky.evaluate import bits_per_byte, token_byte_lengths  # noqa: E402
-from autarky.generate import SamplingParams  # noqa: E402
 from autarky.model import Llama, load_pretrained, preset_config, save_pretrained  # noqa: E402
-from autarky.runner import TorchRunner  # noqa: E402
-from autarky.serve.engine import Engine, Request  # noqa: E402
-from autarky.serve.precision import decode_weight_bytes, int8pack_works, prepare  # noqa: E402
+from autarky.serve.precision import decode_weight_bytes, prepare  # noqa: E402
 from autarky.tokenizer import Tokenizer  # noqa: E402
 from autarky.train import Progress, TrainConfig, fit, get_batch  # noqa: E402
 
@@ -105,54 +105,49 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-# ---------------------------------------------------------------- decode speed
+# ---------------------------------------------------------------- references: llama.cpp called directly
 
 
-@torch.inference_mode()
-def engine_run(engine: Engine, prompt: list[int], max_tokens: int) -> float:
-    done = []
-    request = Request(
-        prompt,
-        SamplingParams(temperature=0, max_tokens=max_tokens),
-        emit=lambda e: done.append(e) if e.finish_reason else None,
+def llama_cpp_direct_rate(gguf: Path, prompt: list[int], n: int, repeats: int = 3) -> float:
+    """llama-cpp-python's own greedy decode on the same GGUF, batch 1, every core: tokens/s from the
+    first generated token to the last (the prompt's prefill left out, as in the HTTP figures)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        str(gguf), n_ctx=len(prompt) + n + 16, n_batch=len(prompt), n_threads=os.cpu_count(), verbose=False
     )
-    t = time.perf_counter()
-    engine.submit(request)
-    while not done:
-        engine._take_inbox(block=False)
-        engine.step()
-    assert done[0].completion_tokens == max_tokens, done[0]
-    return time.perf_counter() - t
+
+    def run() -> float:
+        llm.reset()
+        first = None
+        for k, _ in enumerate(
+            llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+        ):
+            if k == 0:
+                first = time.perf_counter()
+            if k == n:
+                return n / (time.perf_counter() - first)
+        raise RuntimeError("llama.cpp stopped early")
+
+    run()
+    return max(run() for _ in range(repeats))
 
 
-def engine_decode_rate(model: Llama, tok: Tokenizer, prompt: list[int], n: int, repeats: int = 3) -> float:
-    """Decode tokens/s at batch 1 through the serving engine: n tokens' time beyond the first token's."""
-    engine = Engine(TorchRunner(model, slots=1), tok)
-    engine.stop_ids = set()  # a random model may pick end-of-text; the benchmark wants exactly n tokens
-    engine_run(engine, prompt, 2)
-    first = min(engine_run(engine, prompt, 1) for _ in range(repeats))
-    whole = min(engine_run(engine, prompt, n + 1) for _ in range(repeats))
-    return n / (whole - first)
+class RunnerAsModel(torch.nn.Module):
+    """A runner behind the `model(ids)[0]` = logits interface that bits per byte scores."""
 
+    def __init__(self, runner):
+        super().__init__()
+        self.runner = runner
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # tells score_batches the device
 
-def hf_decode_rate(directory: Path, prompt: list[int], n: int, repeats: int = 3) -> float:
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-    ids = torch.tensor([prompt])
-
-    def run(k: int) -> float:
-        with torch.inference_mode():
-            t = time.perf_counter()
-            out = hf.generate(ids, max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=2)
-            elapsed = time.perf_counter() - t
-        assert out.shape[1] == len(prompt) + k
-        return elapsed
-
-    run(2)
-    first = min(run(1) for _ in range(repeats))
-    whole = min(run(n + 1) for _ in range(repeats))
-    return n / (whole - first)
+    def forward(self, ids: torch.Tensor):
+        rows = []
+        for row in ids.tolist():
+            self.runner.clear()
+            self.runner.stage()
+            rows.append(self.runner.prefill(row, all_logits=True))
+        return (torch.stack(rows),)
 
 
 # ---------------------------------------------------------------- concurrent clients over HTTP
@@ -164,7 +159,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(directory: Path, port: int, log: Path, threads: int) -> subprocess.Popen:
+def start_server(
+    directory: Path, port: int, log: Path, threads: int, engine: str, dtype: str
+) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-c",
@@ -179,6 +176,10 @@ def start_server(directory: Path, port: int, log: Path, threads: int) -> subproc
         str(log),
         "--threads",
         str(threads),
+        "--engine",
+        engine,
+        "--dtype",
+        dtype,
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
@@ -194,29 +195,30 @@ def start_server(directory: Path, port: int, log: Path, threads: int) -> subproc
     raise RuntimeError("the server did not start")
 
 
-async def clients(url: str, model: str, n_clients: int, max_tokens: int) -> dict:
+async def clients(url: str, model: str, n_clients: int, max_tokens: int, temperature: float = 0.8) -> dict:
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
 
     async def one(i: int):
         t = time.perf_counter()
-        ttft, tokens = None, 0
+        ttft, last, tokens = None, None, 0
         stream = await client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": f"Tell me a story, number {i}."}],
             max_tokens=max_tokens,
-            temperature=0.8,
+            temperature=temperature,
             seed=i,
             stream=True,
             stream_options={"include_usage": True},
         )
         async for chunk in stream:
-            if ttft is None and chunk.choices and chunk.choices[0].delta.content:
-                ttft = time.perf_counter() - t
+            if chunk.choices and chunk.choices[0].delta.content:
+                last = time.perf_counter() - t
+                ttft = last if ttft is None else ttft
             if chunk.usage:
                 tokens = chunk.usage.completion_tokens
-        return ttft, tokens
+        return ttft, tokens, last
 
     start = time.perf_counter()
     results = await asyncio.gather(*(one(i) for i in range(n_clients)))
@@ -224,7 +226,10 @@ async def clients(url: str, model: str, n_clients: int, max_tokens: int) -> dict
     await client.close()
     ttfts = sorted(r[0] for r in results if r[0] is not None)
     tokens = sum(r[1] for r in results)
+    ttft, count, last = results[0]
     return {
+        # one client's decode rate: its tokens after the first over the time from first to last
+        "decode_tokens_per_s": round((count - 1) / (last - ttft), 1) if count > 1 else None,
         "clients": n_clients,
         "tokens": tokens,
         "seconds": round(wall, 3),
@@ -237,25 +242,109 @@ async def clients(url: str, model: str, n_clients: int, max_tokens: int) -> dict
 # ---------------------------------------------------------------- main
 
 
+def serve_runs(directory: Path, work: Path, args, engine: str, dtype: str, crowd: bool, n: int) -> dict:
+    """One server: a lone greedy client (best decode rate of three), then 16 streaming clients."""
+    port = free_port()
+    log = work / f"audit-{engine}-{dtype}.jsonl"
+    server = start_server(directory, port, log, args.threads, engine, dtype)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        asyncio.run(clients(url, "small", 2, 8))  # warm up
+        alone = [asyncio.run(clients(url, "small", 1, n, temperature=0)) for _ in range(3)]
+        result = {"one_client": max(alone, key=lambda r: r["decode_tokens_per_s"] or 0)}
+        if crowd:
+            result["sixteen_clients"] = asyncio.run(clients(url, "small", 16, n))
+        return result
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def decode_table(small_dir: Path, work: Path, args, prompt: list[int], n: int) -> dict:
+    """Batch-1 decode through the HTTP API on each engine, beside llama.cpp called directly."""
+    from autarky.gguf import write_gguf
+    from autarky.llamacpp import GGUF_DTYPES
+
+    rows = {}
+    for dtype in ("fp32", "bf16", "int8"):
+        gguf = work / f"small-{GGUF_DTYPES[dtype]}.gguf"
+        write_gguf(small_dir, gguf, GGUF_DTYPES[dtype])
+        direct = llama_cpp_direct_rate(gguf, prompt, n)
+        served = {
+            e: serve_runs(small_dir, work, args, e, dtype, dtype == "fp32", n) for e in ("llama.cpp", "torch")
+        }
+        cpp = served["llama.cpp"]["one_client"]["decode_tokens_per_s"]
+        ours = served["torch"]["one_client"]["decode_tokens_per_s"]
+        rows[dtype] = {
+            "gguf": GGUF_DTYPES[dtype],
+            "llama_cpp_direct_tokens_per_s": round(direct, 1),
+            **{f"http_{e.replace('.', '')}": r for e, r in served.items()},
+            "llamacpp_engine_over_direct": round(cpp / direct, 3),
+            "llamacpp_engine_over_torch_engine": round(cpp / ours, 2),
+        }
+        print(
+            f"small {dtype}: llama.cpp direct {direct:.0f} tokens/s; through our API: llama.cpp engine "
+            f"{cpp:.0f} ({cpp / direct:.2f}x direct), torch engine {ours:.0f} ({cpp / ours:.1f}x slower)"
+        )
+        for engine, r in served.items():
+            for label, run in r.items():
+                print(
+                    f"  {engine:9} {label:15} {run['tokens_per_s']:7.1f} tokens/s aggregate, "
+                    f"TTFT p50 {run['ttft_p50_s']}s p95 {run['ttft_p95_s']}s"
+                )
+    fp32 = rows["fp32"]
+    for engine in ("llamacpp", "torch"):
+        crowd = fp32[f"http_{engine}"]
+        fp32[f"http_{engine}"]["sixteen_over_one"] = round(
+            crowd["sixteen_clients"]["tokens_per_s"] / crowd["one_client"]["tokens_per_s"], 2
+        )
+    return rows
+
+
+def quality_table(args, tok: Tokenizer, tokenizer_dir: Path, work: Path) -> dict:
+    """Bits per byte of each precision on held-out text, torch and llama.cpp, on a tiny model trained
+    on the text for a minute or so (a random model's bits per byte would hide what precision costs)."""
+    from autarky.gguf import write_gguf
+    from autarky.llamacpp import GGUF_DTYPES, LlamaCppRunner
+
+    text = args.text.read_text(encoding="utf-8")
+    split = int(len(text) * 0.9)
+    train_ids = np.array(tok.encode(text[:split]), dtype=np.uint16)
+    val_text = text[split:][: 50_000 if args.quick else 100_000]
+    val_ids = np.array([tok.bos_id, *tok.encode(val_text)])
+    token_bytes = token_byte_lengths(tok)
+    tiny = train_tiny(train_ids, tok.vocab_size, 20 if args.quick else args.train_seconds)
+    tiny_dir = save_model(tiny, tokenizer_dir, work / "tiny")
+    quality = {}
+    for dtype in ("fp32", "bf16", "int8"):
+        model = prepare(load_pretrained(tiny_dir), dtype)
+        gguf = work / f"tiny-{GGUF_DTYPES[dtype]}.gguf"
+        write_gguf(tiny_dir, gguf, GGUF_DTYPES[dtype])
+        runner = RunnerAsModel(LlamaCppRunner(gguf, context=256, batch=256))
+        quality[dtype] = {
+            "torch_val_bits_per_byte": round(bits_per_byte(model, val_ids, token_bytes, seq_len=256).bpb, 4),
+            f"llamacpp_{GGUF_DTYPES[dtype]}_val_bits_per_byte": round(
+                bits_per_byte(runner, val_ids, token_bytes, seq_len=256).bpb, 4
+            ),
+        }
+        print(f"tiny {dtype}: bits/byte {quality[dtype]}")
+    return {"train_seconds": args.train_seconds, "val_bytes": len(val_text.encode()), **quality}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT)
     ap.add_argument("--quick", action="store_true", help="fewer tokens and a shorter training run")
     ap.add_argument("--train-seconds", type=float, default=90.0)
-    ap.add_argument(
-        "--threads", type=int, default=0, help="torch threads here and in the server (0 = default)"
-    )
+    ap.add_argument("--threads", type=int, default=0, help="compute threads in the servers (0 = default)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = ap.parse_args()
     n = 32 if args.quick else 128
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     result: dict = {
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "load_average_at_start": os.getloadavg(),
@@ -266,85 +355,21 @@ def main() -> None:
         tokenizer_dir = make_tokenizer(args.text, work / "work")
         tok = Tokenizer.load(tokenizer_dir)
         prompt = tok.apply_chat_template([{"role": "user", "content": "Tell me a story about the king."}])
-
-        # batch-1 decode of the `small` preset (random weights: speed does not depend on them)
+        # The `small` preset with random weights (speed does not depend on them); the stop tokens'
+        # embedding rows are zeroed so a greedy client decodes every token it asks for.
         small = Llama(preset_config("small", tok.vocab_size)).eval()
+        with torch.no_grad():
+            for stop in tok.stop_ids:
+                small.model.embed_tokens.weight[stop] = 0
         small_dir = save_model(small, tokenizer_dir, work / "small")
         bandwidth = copy_bandwidth()
-        speeds = {}
-        for dtype in ("fp32", "bf16", "int8"):
-            model = prepare(load_pretrained(small_dir), dtype)
-            rate = engine_decode_rate(model, tok, prompt, n)
-            floor = bandwidth / decode_weight_bytes(model)
-            speeds[dtype] = {
-                "decode_tokens_per_s": round(rate, 1),
-                "weight_bytes": decode_weight_bytes(model),
-                "floor_tokens_per_s": round(floor, 1),
-                "ratio_to_floor": round(rate / floor, 3),
-            }
-            print(
-                f"small {dtype}: {rate:.1f} tokens/s at batch 1; floor {floor:.1f} ({rate / floor:.2f} of it)"
-            )
-        if int8pack_works():
-            model = prepare(load_pretrained(small_dir), "int8", kernel="dequant")
-            speeds["int8_dequant_kernel"] = {
-                "decode_tokens_per_s": round(engine_decode_rate(model, tok, prompt, n), 1)
-            }
-        hf_rate = hf_decode_rate(small_dir, prompt, n)
-        print(
-            f"transformers generate: {hf_rate:.1f} tokens/s; ours/theirs {speeds['fp32']['decode_tokens_per_s'] / hf_rate:.2f}"
-        )
-        result["small_batch1"] = {
+        result["small_decode"] = {
             "copy_bandwidth_GBps": round(bandwidth / 1e9, 2),
-            "int8_kernel": "int8pack" if int8pack_works() else "dequant",
-            **speeds,
-            "transformers_generate_tokens_per_s": round(hf_rate, 1),
-            "ours_over_transformers": round(speeds["fp32"]["decode_tokens_per_s"] / hf_rate, 2),
+            "fp32_weight_bytes": decode_weight_bytes(small),
             "new_tokens": n,
+            **decode_table(small_dir, work, args, prompt, n),
         }
-
-        # continuous batching over HTTP: 1, 4, 16 streaming clients against `autarky serve` (fp32, 16 slots)
-        port = free_port()
-        server = start_server(small_dir, port, work / "audit.jsonl", args.threads)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            asyncio.run(clients(url, "small", 2, 8))  # warm up
-            runs = [asyncio.run(clients(url, "small", c, n)) for c in (1, 4, 16)]
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-        for r in runs:
-            print(
-                f"{r['clients']:>2} clients: {r['tokens_per_s']:.1f} tokens/s, TTFT p50 {r['ttft_p50_s']}s p95 {r['ttft_p95_s']}s"
-            )
-        result["concurrent_clients"] = runs
-        result["speedup_16_vs_1"] = round(runs[2]["tokens_per_s"] / runs[0]["tokens_per_s"], 2)
-
-        # bits per byte of each precision, on a tiny model trained on the text for a minute or so
-        text = args.text.read_text(encoding="utf-8")
-        split = int(len(text) * 0.9)
-        train_ids = np.array(tok.encode(text[:split]), dtype=np.uint16)
-        val_text = text[split:][: 50_000 if args.quick else 100_000]
-        val_ids = np.array([tok.bos_id, *tok.encode(val_text)])
-        token_bytes = token_byte_lengths(tok)
-        tiny = train_tiny(train_ids, tok.vocab_size, 20 if args.quick else args.train_seconds)
-        tiny_dir = save_model(tiny, tokenizer_dir, work / "tiny")
-        quality = {}
-        for dtype in ("fp32", "bf16", "int8"):
-            model = prepare(load_pretrained(tiny_dir), dtype)
-            quality[dtype] = {
-                "val_bits_per_byte": round(bits_per_byte(model, val_ids, token_bytes, seq_len=256).bpb, 4),
-                "decode_tokens_per_s": round(engine_decode_rate(model, tok, prompt, n), 1),
-            }
-            print(
-                f"tiny {dtype}: {quality[dtype]['val_bits_per_byte']} bits/byte, "
-                f"{quality[dtype]['decode_tokens_per_s']} tokens/s"
-            )
-        result["tiny_trained"] = {
-            "train_seconds": args.train_seconds,
-            "val_bytes": len(val_text.encode()),
-            **quality,
-        }
+        result["tiny_trained"] = quality_table(args, tok, tokenizer_dir, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["machine"]["load_average_at_end"] = os.getloadavg()
