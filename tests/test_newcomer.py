@@ -63,6 +63,9 @@ def test_own_documents_to_generated_text_by_following_next(tmp_path):
     prompt = made[-1][2]
     assert done.stdout.startswith(prompt) and len(done.stdout) > len(prompt)
     assert not (tmp_path / "work").exists()  # -w ws carried through every step
+    again = json.loads(_run(tmp_path, ["train", "-w", "ws", "--json"]).stdout)  # the newest tokens, reused
+    assert (again["kind"], again["name"], again["id"]) == ("model", model.name, model.id)
+    assert again["metrics"]["steps"] == 3 and again["next"][0] == shlex.join(["autarky", *made[-1]])
 
 
 @pytest.fixture
@@ -91,6 +94,39 @@ def test_json_is_the_artifact_its_metrics_and_next(ws, pipeline):
     assert (made["kind"], made["name"], made["id"]) == ("tokens", tokens.name, tokens.id)
     assert made["metrics"] == tokens.metrics and made["name"] == pipeline.tokens.name  # reused: same recipe
     assert made["next"] == [f"autarky train {tokens.name} -w ws"]  # as typed from the current directory
+
+
+STAGES = (
+    "curate",
+    "curate-chat",
+    "tokenizer",
+    "tokenize",
+    "import",
+    "train",
+    "sft",
+    "export",
+    "eval",
+    "card",
+)
+
+
+def test_every_stage_has_json_and_takes_its_inputs_by_default():
+    import typer.main
+
+    verbs = typer.main.get_command(app).commands
+    for verb in STAGES:
+        flags = {flag for p in verbs[verb].params for flag in p.opts}
+        assert "--json" in flags, verb
+    for verb in (
+        "tokenizer",
+        "tokenize",
+        "train",
+        "sft",
+        "export",
+        "eval",
+        "card",
+    ):  # an artifact in, none required
+        assert not [p.name for p in verbs[verb].params if p.required], verb
 
 
 def test_an_input_not_named_is_the_newest_of_its_kind_and_said(ws, pipeline):
