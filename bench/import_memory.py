@@ -117,10 +117,14 @@ def child(step: str, source: Path, work: Path) -> dict:
     elif step == "serve":
         from autarky.serve import ServeConfig, build_app
 
-        app, settings = build_app(Path(source), ServeConfig(dtype="bf16", slots=1, allow_no_key=True))
+        app, settings = build_app(
+            Path(source), ServeConfig(dtype="bf16", slots=1, allow_no_key=True, engine="torch")
+        )
         engine = app.state.engine
         ids = engine.tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}])
-        done = complete(engine.model, engine.tokenizer, ids, SamplingParams(temperature=0, max_tokens=8))
+        done = complete(
+            engine.runner.model, engine.tokenizer, ids, SamplingParams(temperature=0, max_tokens=8)
+        )
         settings.audit.close()
         result = {"tokens": len(done.token_ids)}
     else:
