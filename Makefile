@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# torch first and pinned to the CPU build this machine's pip finds locally; asked for bare,
 	# or by a dependency first, pip would fetch a multi-GB CUDA build from PyPI.
 	$(BIN)/pip install -q $(TORCH)
-	# llama-cpp-python (the GGUF round-trip test, bench/gguf_decode.py) has no Linux wheel on PyPI: pip builds
+	# llama-cpp-python (the llama.cpp engine, autarky's default on a CPU) has no Linux wheel on PyPI: pip builds
 	# it once from source and reuses the wheel from its cache after. Portable (AVX2, not -march=native) so the
 	# cached wheel runs on any x86-64-v3 machine; without the multimodal library nothing here uses.
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e '.[dev]'

@@ -35,8 +35,8 @@ def available() -> str | None:
         import llama_cpp  # noqa: F401
     except ImportError as e:
         return (
-            f"llama-cpp-python is not installed ({e}); `make llama-cpp` (or pip install "
-            "llama-cpp-python==0.3.36) builds it, or use --engine torch"
+            f"llama-cpp-python is not installed ({e}); pip install 'autarky[llamacpp]' builds it "
+            "(a few minutes, once), or use --engine torch"
         )
     return None
 
