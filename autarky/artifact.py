@@ -689,8 +689,10 @@ def check_sources(artifacts: list[Artifact]) -> SourceCheck:
 def lineage(path: Path | str, max_sources: int = 10):
     """A Rich tree from an artifact down through its inputs to the source files of each corpus.
 
-    An artifact reached twice (a corpus feeds both the tokenizer and the tokens) is expanded once.
+    An artifact reached twice (a corpus feeds both the tokenizer and the tokens) is expanded once; an
+    input that cannot be read is named with what is wrong, in its place.
     """
+    from rich.markup import escape
     from rich.tree import Tree
 
     expanded: set[Path] = set()
@@ -698,22 +700,27 @@ def lineage(path: Path | str, max_sources: int = 10):
 
     def node(artifact: Artifact, tree: Tree | None) -> Tree:
         created, network = artifact.manifest.get("created", "?"), artifact.manifest.get("network", "?")
-        label = f"[bold]{artifact.kind}[/]/{artifact.name}  [dim]{artifact.id[7:19]}  {created}  network: {network}[/]"
+        label = f"[bold]{artifact.kind}[/]/{escape(artifact.name)}  [dim]{artifact.id[7:19]}  {created}  network: {network}[/]"
         if artifact.workspace != root.workspace:
-            label += f"  [yellow]in the workspace {artifact.workspace}[/]"
+            label += f"  [yellow]in the workspace {escape(str(artifact.workspace))}[/]"
         key = artifact.path
         if key in expanded:
             return tree.add(label + "  [dim](shown above)[/]")
         expanded.add(key)
         branch = Tree(label) if tree is None else tree.add(label)
-        for inp in artifact.inputs():
-            node(inp, branch)
+        for ref in artifact.manifest["inputs"]:
+            try:
+                node(load(input_dir(artifact.workspace, ref)), branch)
+            except UserError as e:
+                branch.add(f"[red]{escape(str(ref['kind']))}/{escape(str(ref['name']))}: {escape(str(e))}[/]")
         sources = artifact.manifest.get("sources") or []
         if sources:
             documents = sum(s.get("documents", 0) for s in sources)
             sb = branch.add(f"{len(sources)} source files, {documents} documents")
             for s in sources[:max_sources]:
-                sb.add(f"{s['path']}  [dim]{s['sha256'][7:19]}  {s.get('documents', '?')} docs[/]")
+                sb.add(
+                    f"{escape(str(s.get('path')))}  [dim]{s['sha256'][7:19]}  {s.get('documents', '?')} docs[/]"
+                )
             if len(sources) > max_sources:
                 sb.add(
                     f"[dim]… and {len(sources) - max_sources} more (manifest.json lists them all; --all shows them)[/]"

@@ -323,3 +323,16 @@ def test_ls_lists_an_artifact_whose_metrics_are_not_what_its_kind_records(tmp_pa
     result = cli("ls", "--json", workdir=tmp_path)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["metric"] == ""
+
+
+def test_lineage_names_a_missing_input_in_its_place_and_prints_names_as_text(tmp_path):
+    work = tmp_path / "work"
+    up = make(work, "corpus", "docs[draft]")
+    down = make(work, "tokenizer", "bpe", [up])
+    shown = cli("show", "docs[draft]", workdir=work)
+    assert "docs[draft]" in shown.stdout
+    (up.path / "manifest.json").unlink()  # as a crash halfway through a manual rm leaves it
+    result = cli("lineage", down.name, workdir=work)
+    assert result.exit_code == 0, result.output
+    assert "tokenizer/bpe" in result.stdout and "corpus/docs[draft]: " in result.stdout
+    assert "not a finished artifact" in result.stdout

@@ -15,6 +15,7 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from autarky import artifact, workspace
 from autarky.cli import chain
@@ -195,7 +196,7 @@ def ls_command(
     for column in columns:
         table.add_column(column.header, no_wrap=True)
     for row in zip(*(c.cells for c in columns), strict=True):
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # a name is text, whatever brackets it holds
     print_whole(table)
     if unfinished:
         how = escape(chain.command(workdir, "gc", "--dry-run"))
@@ -224,6 +225,35 @@ def find(workdir: Path, ref: str | None) -> artifact.Artifact:
     return found
 
 
+def facts(a: artifact.Artifact, most_files: int = 20) -> list[tuple[str, str]]:
+    """What `show` says of an artifact, row by row."""
+    files = a.manifest["files"]
+    made_from = [
+        f"{i['kind']}/{i['name']}" + (f" (in {i['workspace']})" if "workspace" in i else "")
+        for i in a.manifest["inputs"]
+    ]
+    if sources := a.manifest.get("sources") or []:
+        made_from.append(f"{len(sources)} source files (`autarky lineage {a.name}` lists them)")
+    metrics = a.metrics if isinstance(a.metrics, dict) else {}
+    scalars = [
+        f"{k}: {v}" for k, v in metrics.items() if isinstance(v, int | float | str) and len(str(v)) < 60
+    ]
+    listed = [f"{rel}  {human_bytes(f.get('bytes', 0))}" for rel, f in sorted(files.items())[:most_files]]
+    more = [f"… and {len(files) - most_files} more"] if len(files) > most_files else []
+    return [
+        ("kind", a.kind),
+        ("name", a.name),
+        ("path", str(a.path)),
+        ("id", a.id),
+        ("created", str(a.manifest["created"])),
+        ("size", f"{human_bytes(artifact.artifact_size(a))} in {len(files)} files"),
+        ("made from", "\n".join(made_from) or "nothing: its first stage"),
+        ("metric", key_metric(a) or "-"),
+        ("metrics", "\n".join(scalars) or "-"),
+        ("files", "\n".join(listed + more)),
+    ]
+
+
 @app.command(rich_help_panel=WORKSPACE)
 def show(
     name: str = typer.Argument(None, help=NAME_HELP),
@@ -246,26 +276,8 @@ def show(
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(no_wrap=True)
-    grid.add_row("kind", a.kind)
-    grid.add_row("name", a.name)
-    grid.add_row("path", str(a.path))
-    grid.add_row("id", a.id)
-    grid.add_row("created", a.manifest["created"])
-    grid.add_row("size", f"{human_bytes(artifact.artifact_size(a))} in {len(files)} files")
-    made_from = [
-        f"{i['kind']}/{i['name']}" + (f" (in {i['workspace']})" if "workspace" in i else "")
-        for i in a.manifest["inputs"]
-    ]
-    sources = a.manifest.get("sources") or []
-    if sources:
-        made_from.append(f"{len(sources)} source files (`autarky lineage {a.name}` lists them)")
-    grid.add_row("made from", "\n".join(made_from) or "nothing: its first stage")
-    grid.add_row("metric", key_metric(a) or "-")
-    scalars = {k: v for k, v in a.metrics.items() if isinstance(v, int | float | str) and len(str(v)) < 60}
-    grid.add_row("metrics", "\n".join(f"{k}: {v}" for k, v in scalars.items()) or "-")
-    listed = sorted(files.items())[:20]
-    more = [f"… and {len(files) - 20} more"] if len(files) > 20 else []
-    grid.add_row("files", "\n".join([f"{rel}  {human_bytes(f['bytes'])}" for rel, f in listed] + more))
+    for label, value in facts(a):
+        grid.add_row(label, Text(value))  # names and paths are text, whatever brackets they hold
     print_whole(grid)
     for line in steps:
         out.print(f"next: {line}", markup=False, soft_wrap=True)
