@@ -171,7 +171,9 @@ def summary_table(metrics: dict, title: str) -> RenderableType:
     table.add_column("")
     table.add_column("documents", justify="right")
     table.add_column("", justify="right")
-    table.add_row("read", f"{m['documents_in']:,}", _mb(m["bytes_in"]) + f" in {plural(m['files_read'], 'file')}")
+    table.add_row(
+        "read", f"{m['documents_in']:,}", _mb(m["bytes_in"]) + f" in {plural(m['files_read'], 'file')}"
+    )
     for reason, n in m.get("skipped_by_reason", {}).items():
         table.add_row(f"[yellow]skipped[/] {reason}", "", f"{n:,} file" + ("s" if n != 1 else ""))
     table.add_row("[green]kept[/]", f"{m['documents_kept']:,}", _mb(m["bytes_kept"]))
