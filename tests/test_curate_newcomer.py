@@ -44,6 +44,7 @@ def test_plain_text_without_a_suffix_is_read_and_binaries_are_passed_over_by_rea
     (src / "COPYING").write_text(LICENCE)
     (src / "AUTHORS").write_text("Jane Doe wrote the first version; John Roe the second one.\n")
     (src / "LICENSE.MIT").write_text(LICENCE.replace("charge", "any charge"))
+    (src / "Apache-2.0").write_text(LICENCE.replace("charge", "no charge"))  # a version, not a suffix
     (src / "syslog.1").write_text("Dec 1 10:00:00 host cron[2]: the nightly job ran in four seconds\n")
     (src / "tool").write_text(ROFF)  # a man page without a suffix: its roff markers say so
     (src / "program").write_bytes(PROGRAM)
@@ -59,7 +60,15 @@ def test_plain_text_without_a_suffix_is_read_and_binaries_are_passed_over_by_rea
             t.addfile(info, io.BytesIO(data))
     corpus = curate([src], Path("work"), config=CurateConfig(near_dedup=False), workers=1)
     docs = kept(corpus)
-    assert set(docs) == {"COPYING", "AUTHORS", "LICENSE.MIT", "syslog.1", "tool", "bundle.tar!pkg/README"}
+    assert set(docs) == {
+        "COPYING",
+        "AUTHORS",
+        "LICENSE.MIT",
+        "Apache-2.0",
+        "syslog.1",
+        "tool",
+        "bundle.tar!pkg/README",
+    }
     assert '"format": "text"' in docs["syslog.1"]["meta"]  # a rotated log, not a man page of section 1
     assert '"format": "man"' in docs["tool"]["meta"] and ".TH" not in docs["tool"]["text"]
     m = corpus.metrics
@@ -206,7 +215,7 @@ def test_the_report_names_the_largest_documents_and_warns_of_one_over_its_share(
     assert m["sources"]["docs/var/log/app.log"]["bytes"] == top["bytes"]
     (warning,) = m["warnings"]
     assert warning.startswith(
-        f"docs/var/log/app.log ({top['id']}) is {top['share']:.0%} of the kept text, over --max-doc-share 0.2"
+        f"docs/var/log/app.log ({top['id']}) is {top['share']:.1%} of the kept text, over --max-doc-share 0.2"
     )
     assert m["redacted"] == {"email": 400, "ip": 400}
     report = (corpus.path / "report.md").read_text()
@@ -222,6 +231,12 @@ def test_the_report_names_the_largest_documents_and_warns_of_one_over_its_share(
         [Path("docs")], Path("work"), config=CurateConfig(near_dedup=False, max_doc_share=1.0), workers=1
     )
     assert quiet.metrics["warnings"] == []
+    terminal = Console(record=True, width=200)
+    terminal.print(summary_table(quiet.metrics, "corpus"))
+    assert (
+        f"largest document: docs/var/log/app.log ({top['share']:.1%} of the kept text)"
+        in terminal.export_text()
+    )
 
 
 def test_cap_doc_share_cuts_a_document_down_to_its_share_and_keeps_its_start(tmp_path):

@@ -634,7 +634,7 @@ def _shares(writer: CorpusWriter, found: list[Source], metrics: dict, config: Cu
         metrics["sources"][source.path]["bytes"] = n
     by_bytes = sorted(metrics["sources"].items(), key=lambda kv: (-kv[1]["bytes"], kv[0]))[:LARGEST]
     warnings = [
-        f"{d['source']} ({d['id']}) is {d['share']:.0%} of the kept text, over --max-doc-share "
+        f"{d['source']} ({d['id']}) is {d['share']:.1%} of the kept text, over --max-doc-share "
         f"{config.max_doc_share}: --cap-doc-share cuts it down to that share"
         for d in largest
         if not writer.v.cap and d["share"] > max(config.max_doc_share, 1 / metrics["documents_kept"])

@@ -126,9 +126,13 @@ DOCUMENT_NAMES = frozenset(
 
 def plain_name(name: str) -> bool:
     """Whether a file name with no known suffix may still be a text document: no suffix at all
-    (`AUTHORS`, `syslog`), or a well-known document name (`COPYING.LIB`). Its bytes decide."""
+    (`AUTHORS`, `syslog`), a version where a suffix would be (`Apache-2.0`, `MPL-1.1`), or a
+    well-known document name (`COPYING.LIB`). Its bytes decide."""
     base = name.rsplit("/", 1)[-1]
-    return not suffix_of(base) and ("." not in base or base.split(".")[0].upper() in DOCUMENT_NAMES)
+    if suffix_of(base):
+        return False
+    stem, dot, last = base.rpartition(".")
+    return not dot or last.isdigit() or base.split(".")[0].upper() in DOCUMENT_NAMES
 
 
 def sniff(head: bytes) -> str:

@@ -184,9 +184,6 @@ def summary_table(metrics: dict, title: str) -> RenderableType:
             table.add_row(f"[yellow]dropped[/] {step}: {reason}", f"{n:,}", "")
     langs = ", ".join(f"{k} {v['documents']}" for k, v in list(m["languages"].items())[:6])
     table.add_row("languages", "", langs)
-    if m.get("largest_documents"):
-        top = m["largest_documents"][0]
-        table.add_row("largest document", f"{top['share']:.0%}", top["source"])
     if m.get("redacted"):
         table.add_row("redacted", "", ", ".join(f"{n:,} {kind}" for kind, n in m["redacted"].items()))
     if m.get("capped"):
@@ -200,5 +197,8 @@ def summary_table(metrics: dict, title: str) -> RenderableType:
         table.add_row("reader warnings", "", f"{len(m['reader_warnings'])} listed in report.md")
     if m.get("seconds"):
         table.add_row("time", f"{m['seconds']:.1f} s", f"{m['bytes_in'] / 1e6 / m['seconds']:.1f} MB/s")
-    warnings = [Text(f"warning: {w}", style="yellow") for w in m.get("warnings", [])]
-    return Group(table, *warnings) if warnings else table
+    below = [Text(f"warning: {w}", style="yellow") for w in m.get("warnings", [])]
+    if not below and m.get("largest_documents"):  # a warning names it already
+        top = m["largest_documents"][0]
+        below.append(Text(f"largest document: {top['source']} ({top['share']:.1%} of the kept text)"))
+    return Group(table, *below) if below else table
