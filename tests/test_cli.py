@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import socket
 import subprocess
 import sys
 import typing
@@ -116,7 +117,13 @@ def _received(monkeypatch, cls, target: str, argv: list[str]):
 
     metrics = dict.fromkeys(("parameters", "steps", "val_loss", "val_bpb", "tokens_per_s"), 1)
     made = SimpleNamespace(  # an artifact as the CLI reads one after the stage: its next commands need these
-        metrics=metrics, path=Path("x"), name="x", kind="x", id="x", workspace=Path("work").resolve(), inputs=list
+        metrics=metrics,
+        path=Path("x"),
+        name="x",
+        kind="x",
+        id="x",
+        workspace=Path("work").resolve(),
+        inputs=list,
     )
     monkeypatch.setattr(target, stage)
     monkeypatch.setattr("autarky.artifact.resolve", lambda *a: made)
@@ -162,3 +169,129 @@ def test_the_cli_starts_no_thread_before_it_isolates():
     code = "import os, autarky.cli; print(len(os.listdir('/proc/self/task')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env("work"))
     assert out.stdout.strip() == "1", out.stderr
+
+
+# What `make demo` leaves (autarky/demo.py run_demo, workspace ./work): the documentation of the Python
+# that ran it, the instruction set made from it, and artifacts whose names end in recipe hashes, which a
+# help example cannot know: it names those `latest`.
+DEMO_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+DEMO_FILES = [
+    f"work/sources/python-{DEMO_VERSION}-docs",
+    f"work/sources/python-{DEMO_VERSION}-docs/library/json.txt",
+    f"work/sources/python-{DEMO_VERSION}-docs-chat.jsonl",
+]
+ARTIFACT_OPTIONS = {"corpus", "init", "tasks", "uses"}  # options that take an artifact or a source file
+FROM_ELSEWHERE = {("import", "source")}  # weights a user downloaded: no demo makes them
+NOT_ARTIFACTS = {"prompt"}
+
+
+def _examples(text: str) -> list[str]:
+    return re.findall(r"\[bold\](autarky [^\[]+)\[/\]", text or "")
+
+
+def _named_wrongly(command, line: str) -> list[str]:
+    """Each artifact or file an example names that `make demo` does not leave behind."""
+    import fnmatch
+    import shlex
+
+    words = shlex.split(line.split(" #")[0])
+    verb, args = words[1], words[2:]
+    params = command.make_context(verb, args, resilient_parsing=True).params
+    wrong = []
+    for param in command.params:
+        if not isinstance(param, typer.core.TyperArgument) and param.name not in ARTIFACT_OPTIONS:
+            continue
+        if param.name in NOT_ARTIFACTS or (verb, param.name) in FROM_ELSEWHERE:
+            continue
+        values = params.get(param.name)
+        for value in values if isinstance(values, list | tuple) else [values]:
+            value = str(value) if value is not None else None
+            if value not in (None, "latest") and not any(fnmatch.fnmatch(f, value) for f in DEMO_FILES):
+                wrong.append(f"{verb} {param.name}={value}")
+    return wrong
+
+
+def test_every_example_names_what_make_demo_leaves():
+    """`work/model/demo` was in four examples and docs/serving.md, and no demo ever made it (checked:
+    it fails here, as does a made-up `ruslit-1a2b3c4d`)."""
+    commands = _commands()
+    wrong = []
+    for name, command in commands.items():
+        lines = _examples(command.help)
+        assert lines, f"{name} has no example"
+        for line in lines:
+            wrong += _named_wrongly(command, line)
+    serving = (Path(__file__).parents[1] / "docs" / "serving.md").read_text()
+    served = re.findall(r"^(?:\S+=\S+ )?(autarky serve .*)$", serving, re.MULTILINE)
+    assert served
+    for line in served:
+        wrong += _named_wrongly(commands["serve"], line)
+    assert not wrong, f"examples name what `make demo` does not make: {wrong}"
+    assert _named_wrongly(commands["chat"], "autarky chat work/model/demo")
+
+
+TYPE_MARKERS = re.compile(r"<(bool|int|float|str|path|text|list\[)", re.IGNORECASE)
+
+
+def test_help_shows_no_python_types():
+    """Typer showed `<bool>` beside every flag and `<list[str]>` beside repeatable options."""
+    runner = CliRunner()
+    for args in ([], *([name] for name in _commands())):
+        text = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"}, color=False).output
+        assert "Usage:" in text, text
+        assert not TYPE_MARKERS.search(text), (
+            f"autarky {' '.join(args)} --help: {TYPE_MARKERS.search(text)[0]}"
+        )
+    train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert re.search(r"--max-steps +N ", train) and re.search(r"--resume +Continue", train)
+    assert re.search(r"Usage: \S+ train \[OPTIONS\] \[?TOKENS\]?\s", train), train  # not {tokens}
+
+
+def test_version_and_shell_completion():
+    from autarky import __version__
+
+    env = cli_env("work")
+    version = subprocess.run(
+        [sys.executable, "-m", "autarky.cli", "--version"], capture_output=True, text=True, env=env
+    )
+    assert version.returncode == 0 and version.stdout.strip() == f"autarky {__version__}"
+    script = subprocess.run(
+        [sys.executable, "-m", "autarky.cli", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert script.returncode == 0 and "complete" in script.stdout, script.stderr
+
+
+def test_mistakes_name_the_flag_not_the_field(monkeypatch):
+    """A config checked by field (`max_steps, batch_size ... must be at least 1`) reads to the user as
+    the flags they typed; a sampling mistake names --top-p, not top_p."""
+    tokens = SimpleNamespace(path=Path("x"), name="x", kind="tokens", workspace=Path("work").resolve())
+    monkeypatch.setattr("autarky.artifact.resolve", lambda *a: tokens)
+    result = CliRunner().invoke(app, ["train", "x", "--batch-size", "0"])
+    message = str(result.exception)
+    assert "--batch-size" in message and not re.search(r"\b[a-z]+_[a-z_]+", message), message
+    monkeypatch.setattr("autarky.cli.models._load_for_generation", lambda *a: (None, None))
+    result = CliRunner().invoke(app, ["generate", "x", "hi", "--top-p", "2"])
+    assert "--top-p must be" in str(result.exception), result.output
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path):
+    """uvicorn found the port busy only after loading the model, and printed a trace."""
+    (tmp_path / "config.json").write_text("{}")  # the port is checked before the model is even read
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "autarky.cli", "serve", str(tmp_path), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=cli_env(tmp_path / "work"),
+            timeout=60,
+        )
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        f"error: port {port} on 127.0.0.1 is in use (another server?); choose one with --port"
+    )

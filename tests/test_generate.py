@@ -151,6 +151,73 @@ def test_generate_and_chat_commands_stream_text(trained):
     )
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.count("model> ") == 2
+    assert "never chat-tuned" in chat.stderr  # only pretrained: it continues text, and chat says so
+    from typer.testing import CliRunner
+
+    from autarky.cli import app
+
+    tok = Tokenizer.load(trained.path)
+    prompt = next(p for k in range(1, 512) if len(tok.encode_prompt(p := "The list " * k)) > 500)
+    room = 512 - len(tok.encode_prompt(prompt))  # the context of the tiny preset
+    long = CliRunner().invoke(app, ["generate", str(trained.path), prompt, "--max-tokens", "50"])
+    assert long.exit_code == 0, long.output
+    assert f"the model's context (512 tokens) capped --max-tokens 50 at {room}," in long.stderr
+    assert "capped" not in gen.stderr
+
+
+def test_chat_ctrl_c_stops_the_reply_not_the_session(tmp_path_factory):
+    """Ctrl-C in a reply ended the whole chat; now it ends the reply, and /help lists the commands."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+    from tests.test_serve import shared_model_dir
+
+    model = shared_model_dir(tmp_path_factory)  # never ends on its own: each reply fills the context
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "autarky.cli", "chat", str(model), "--max-tokens", "1000", "--seed", "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(tmp_path_factory.mktemp("work")),
+    )
+    chat.stdin.write(b"/help\nhello\n")
+    chat.stdin.flush()
+    seen = b""
+    while not seen.endswith(b"model> ") or len(seen) == 0:
+        byte = os.read(chat.stdout.fileno(), 1)
+        assert byte, chat.stderr.read().decode()
+        seen += byte
+    os.read(chat.stdout.fileno(), 1)  # the reply has begun
+    chat.send_signal(signal.SIGINT)
+    out, err = chat.communicate(b"again\n/exit\n", timeout=120)
+    text, err = (seen + out).decode(), err.decode()
+    assert chat.returncode == 0, err
+    assert "(stopped)" in err and "interrupted" not in err
+    assert text.count("model> ") == 2  # the session went on to answer the next line
+    assert "/reset starts over" in err.split("chatting;")[1]  # /help's list, besides the greeting's
+
+
+def test_a_model_is_chat_tuned_when_a_chat_corpus_is_upstream(tmp_path):
+    from autarky.artifact import Builder
+    from autarky.model import chat_tuned
+
+    def make(kind: str, name: str, inputs=(), config=None):
+        with Builder(tmp_path / "work", kind, name, config or {"name": name}, list(inputs)) as b:
+            (b.dir / "x").write_text(name)
+            return b.finish()
+
+    pretrained = make("model", "base")
+    chat = make("chat", "talk")
+    tuned = make("model", "base-sft", [pretrained, chat])
+    more = make("model", "base-sft-more", [tuned])  # trained further with --init: it was chat-tuned
+    imported = make("model", "qwen", config={"origin": "imported"})
+    assert chat_tuned(pretrained.path) is False
+    assert chat_tuned(tuned.path) is True and chat_tuned(more.path) is True
+    assert chat_tuned(imported.path) is None  # its maker's training is not in the lineage
+    assert chat_tuned(tmp_path) is None  # a checkpoint without a manifest
 
 
 def test_a_long_conversation_drops_its_oldest_turns_not_the_session(trained):

@@ -49,6 +49,7 @@ def test_web_chat_streams_an_answer_and_stops(page_server, tmp_path):
         page.fill("#api-key", KEY)
         page.dispatch_event("#api-key", "change")
         page.wait_for_function("document.getElementById('model').textContent === 'model'")
+        assert page.is_hidden("#notice")  # a bare checkpoint: the lineage cannot tell, so no claim
         page.fill("#max-tokens", "40")
         page.fill("#input", "Tell me about lists")
         page.press("#input", "Enter")
@@ -70,3 +71,24 @@ def test_web_chat_streams_an_answer_and_stops(page_server, tmp_path):
         browser.close()
     assert requests and all(u.startswith(page_server.url) for u in requests)  # nothing fetched from elsewhere
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_web_chat_says_when_the_model_was_never_chat_tuned(tmp_path_factory):
+    """A model only pretrained continues text; the page said nothing of it, and users took it for broken."""
+    from autarky.artifact import Builder
+
+    model_dir = shared_model_dir(tmp_path_factory)
+    with Builder(tmp_path_factory.mktemp("ws"), "model", "pretrained-only", config={}) as builder:
+        for f in model_dir.iterdir():
+            shutil.copy(f, builder.dir / f.name)
+        model = builder.finish()
+    app, settings = build_app(model.path, ServeConfig(slots=1))
+    with Server(app) as server, playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(bypass_csp=True)
+        page.goto(server.url + "/")
+        page.wait_for_function("document.getElementById('model').textContent === 'pretrained-only'")
+        assert page.is_visible("#notice")
+        assert "never chat-tuned" in page.inner_text("#notice")
+        browser.close()
+    settings.audit.close()

@@ -213,13 +213,15 @@ def build_app(model_path: Path, config: ServeConfig):
 def serve(model_path: Path, config: ServeConfig) -> None:
     import uvicorn
 
-    from autarky.serve.connection import Limits, server_config
+    from autarky.serve.connection import Limits, check_port, server_config
 
     if config.api_keys:
         console.print(
             "[yellow]warning:[/] --api-key puts the key in the process list, where every user of this "
             f"machine can read it; give keys with --api-keys-file or the {KEYS_ENV} environment variable"
         )
+    config.validate()
+    check_port(config.host, config.port)  # before the model loads, and in one sentence, not uvicorn's trace
     app, settings = build_app(model_path, config)
     if not _is_loopback(config.host):
         console.print(
