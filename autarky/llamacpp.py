@@ -222,6 +222,7 @@ def gguf_for(model_path: Path, dtype: str) -> Path:
         write_gguf(model_path, folder / FILE, config.dtype)
         return folder / FILE
     model = artifact.load(model_path, "model")
+    console.print(f"llama.cpp engine: {model.name} as GGUF {config.dtype} (exported once, reused after)")
     result = export(model, model_path.parent.parent, config)
     path = result.path / FILE
     if artifact.sha256_file(path) != result.manifest["files"][FILE]["sha256"]:
