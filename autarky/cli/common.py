@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -53,7 +54,7 @@ class Group(TyperGroup):
 class App(typer.Typer):
     """The Typer app whose every verb shows its options as a user types them."""
 
-    def command(self, *args, cls: type[TyperCommand] = Command, **kwargs):  # noqa: ANN201
+    def command(self, *args, cls: type[TyperCommand] = Command, **kwargs) -> Callable:
         return super().command(*args, cls=cls, **kwargs)
 
 
