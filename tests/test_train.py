@@ -2,6 +2,7 @@ import dataclasses
 import importlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -367,3 +368,181 @@ def test_fit_reads_the_device_only_at_sync_points_and_prefetches_in_order(monkey
     )
     assert [h["step"] for h in done.history if "val_loss" in h] == [0, 20, 25]
     assert done.history[-1]["loss"] < done.history[1]["loss"]
+
+
+# ------------------------------------------------------------------ what a run says, Ctrl-C, train more
+
+
+def test_the_plan_says_what_a_run_will_do():
+    from autarky.train.plan import estimate, plan_of, size_line, size_warning, steps_line
+
+    by_steps = TrainConfig(max_steps=1000, batch_size=8, seq_len=64, eval_interval=100)
+    plan = plan_of(by_steps, parameters=2_000_000, data_tokens=512_000)
+    assert size_line(plan) == "2.0M parameters on 512,000 tokens (0.26 tokens per parameter)"
+    assert steps_line(plan).startswith(
+        "steps: 1,000 (--max-steps), 512 tokens a step: 512.0K tokens, 1.0 epochs"
+    )
+    assert "far too large" in size_warning(plan) and "--preset" in size_warning(plan)
+    assert size_warning(plan_of(by_steps, 1_000_000, 20_000_000)) is None  # compute-optimal
+    assert "far too small" in size_warning(plan_of(by_steps, 1_000, 2_000_000))
+    # 0.5 s a step and 2 s an evaluation from step 10: 990 steps and 10 evaluations to go
+    assert estimate(by_steps, 10, 0.5, 2.0, 10.0) == (
+        "estimate: 0.5 s a step: 1,000 steps end in about 8.6 min",
+        None,
+    )
+
+    by_time = TrainConfig(minutes=10)
+    assert by_time.max_steps is None  # --minutes alone: no default step cap cuts it short
+    assert steps_line(plan_of(by_time, 1, 1)).startswith("steps: as many as --minutes 10 allows")
+    line, warning = estimate(by_time, 10, 0.5, 0.0, 5.0)
+    assert line.endswith("about 1,200 steps fit in --minutes 10") and warning is None
+
+    both = TrainConfig(minutes=10, max_steps=100, eval_interval=100)
+    assert "unless --minutes 10 ends it first" in steps_line(plan_of(both, 1, 1))
+    line, warning = estimate(both, 10, 0.5, 0.0, 5.0)
+    assert line.endswith("100 steps end in about 45 s")
+    assert warning.startswith(
+        "--max-steps 100 ends the run after about 50 s of the 10.0 min --minutes gives it"
+    )
+    line, warning = estimate(TrainConfig(minutes=1, max_steps=1000), 10, 0.5, 0.0, 5.0)
+    assert line.endswith("about 120 of the 1,000 --max-steps fit in --minutes 1") and warning is None
+
+
+class _Clock:
+    """Time as `fit` sees it: one second a training step, so tests of time budgets take none."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def _fit_by_clock(monkeypatch, **settings):
+    from autarky.train import Progress, fit
+
+    clock, saved = _Clock(), []
+    monkeypatch.setattr(importlib.import_module("autarky.train.loop"), "time", clock)
+    data = torch.arange(1000) % 7
+
+    def batches(step, micro):
+        clock.now += 1.0 if micro == 0 else 0.0
+        i = step % 900
+        return data[i : i + 8].view(1, 8), data[i + 1 : i + 9].view(1, 8)
+
+    model = _Bigram(7)
+    config = TrainConfig(lr=0.1, warmup_steps=0, eval_interval=1000, checkpoint_interval=1000, **settings)
+    done = fit(
+        model,
+        torch.optim.AdamW(model.parameters()),
+        batches,
+        lambda: {"val_loss": 1.0},
+        config,
+        Progress(),
+        checkpoint=lambda step, elapsed: saved.append(step),
+    )
+    return done, saved
+
+
+def test_minutes_alone_run_past_the_default_step_cap(monkeypatch):
+    """Issue 12.5: --minutes alone ran at most the default --max-steps of 1000 however long it was given."""
+    done, _ = _fit_by_clock(monkeypatch, minutes=1010 / 60, checkpoint_minutes=0)
+    assert done.step == 1009 and TrainConfig().max_steps == 1000  # the clock reads step + 1 at the loop top
+
+
+def test_checkpoints_are_also_written_by_time(monkeypatch):
+    done, saved = _fit_by_clock(monkeypatch, max_steps=30, checkpoint_minutes=0.1)
+    assert saved == [5, 11, 17, 23, 29, 30]  # every 6 s (steps), and the last step
+    assert done.step == 30
+
+
+def test_the_checkpoint_interval_by_time_is_no_part_of_the_recipe():
+    a, b = TrainConfig(checkpoint_minutes=5), TrainConfig(checkpoint_minutes=1)
+    assert a.recipe() == b.recipe() and "checkpoint_minutes" not in a.recipe()
+
+
+def test_the_smoothed_loss_is_a_debiased_moving_average():
+    from autarky.train.loop import SmoothedLoss
+
+    smoothed = SmoothedLoss([{"step": 0}, {"step": 1, "loss": 2.0}])
+    assert smoothed.update([]) == pytest.approx(2.0)  # debiased: no pull towards 0 at the start
+    assert smoothed.update([{"step": 2, "loss": 12.0}]) == pytest.approx(2 + 10 * 0.1 / (1 - 0.9**2))
+
+
+def test_ctrl_c_checkpoints_at_the_step_it_stops_and_resume_is_exact(pipeline, trained, monkeypatch):
+    """A Ctrl-C between checkpoints (every 10 steps here) stops at step 23 with a checkpoint there,
+    and the resumed run is the very model of one never interrupted."""
+    import signal
+
+    from autarky.train import pretrain
+    from autarky.train.checkpoint import Interrupted
+
+    get_batch = pretrain.get_batch
+
+    def ctrl_c_during_step_22(data, seed, step, micro, *args):
+        if (step, micro) == (23, 0):  # fetched while step 22 trains
+            signal.raise_signal(signal.SIGINT)
+        return get_batch(data, seed, step, micro, *args)
+
+    monkeypatch.setattr(pretrain, "get_batch", ctrl_c_during_step_22)
+    with pytest.raises(Interrupted) as stop:
+        train(pipeline.tokens, pipeline.workdir, TrainConfig(**TINY_TRAIN), name="ctrl-c")
+    run_dir = pipeline.workdir / "model" / "ctrl-c"
+    assert stop.value.step == 23 and stop.value.run_dir == run_dir
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before
+    monkeypatch.setattr(pretrain, "get_batch", get_batch)
+    resumed = train(pipeline.tokens, pipeline.workdir, TrainConfig(**TINY_TRAIN), name="ctrl-c", resume=True)
+    assert resumed.id == trained.id
+
+
+def test_ctrl_c_on_the_command_line_says_how_to_resume(pipeline):
+    env = cli_env(pipeline.workdir)
+    args = _train_cli(pipeline, "interrupted", "--max-steps", "40", "--minutes", "30")
+    run_dir = pipeline.workdir / "model" / "interrupted"
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        history = run_dir / "metrics.jsonl"
+        if history.exists() and len(history.read_text().splitlines()) >= 11:  # step 10 is done
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert not (run_dir / "manifest.json").exists(), "the run finished before it could be interrupted"
+    # what it said before the run, and once the first steps were timed
+    assert "parameters on" in stderr and "tokens per parameter" in stderr
+    assert "steps: 40 (--max-steps, unless --minutes 30 ends it first)" in stderr
+    assert "warning: the model is far too large for the data" in stderr
+    assert "estimate: " in stderr and "--max-steps 40 ends the run after about" in stderr
+    # what it says on Ctrl-C, and the command it gives continues the run
+    from autarky.train.checkpoint import checkpoint_step
+
+    step = checkpoint_step(run_dir / "checkpoint.safetensors")
+    assert f"holds a checkpoint at step {step}" in " ".join(stderr.split()) and "Traceback" not in stderr
+    again = [line.removeprefix("next: ") for line in stdout.splitlines() if line.startswith("next: ")]
+    assert len(again) == 1 and again[0].endswith("--minutes 30 --resume"), stdout
+    words = shlex.split(again[0])
+    assert words[0] == "autarky"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "autarky.cli", *words[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run_dir} at step {step}" in " ".join(resumed.stderr.split())
+    assert artifact.load(run_dir).metrics["steps"] == 40
+
+
+def test_a_finished_model_trains_more_from_its_weights_with_init(pipeline, trained):
+    longer = TrainConfig(**{**TINY_TRAIN, "max_steps": 80})
+    with pytest.raises(UserError, match=f"--init {trained.name}"):
+        train(pipeline.tokens, pipeline.workdir, longer, name=trained.name)
+    more = train(
+        pipeline.tokens, pipeline.workdir, TrainConfig(**{**TINY_TRAIN, "max_steps": 5}), init=trained
+    )
+    assert more.name != trained.name and trained.id in [i["id"] for i in more.manifest["inputs"]]
+    # it starts where the finished model ended, not from random weights
+    assert more.metrics["initial_val_loss"] == pytest.approx(trained.metrics["val_loss"], abs=1e-4)

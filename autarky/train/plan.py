@@ -100,8 +100,8 @@ def estimate(
             )
         return line, None
     steps = step + int(max(budget - elapsed, 0) / (step_seconds + eval_seconds / config.eval_interval))
-    of = f" of the {config.max_steps:,} --max-steps" if config.max_steps is not None else ""
-    return f"{pace}: about {steps:,} steps{of} fit in --minutes {config.minutes:g}", None
+    of = f" of the {config.max_steps:,} --max-steps" if config.max_steps is not None else " steps"
+    return f"{pace}: about {steps:,}{of} fit in --minutes {config.minutes:g}", None
 
 
 def duration(seconds: float) -> str:
