@@ -186,7 +186,8 @@ def card_command(
 
 @app.command(rich_help_panel=WORKSPACE)
 def report(
-    model: str = typer.Argument(..., help="A model artifact: path or name."),
+    ctx: typer.Context,
+    model: str = typer.Argument(None, help=input_help("model")),
     name: str = typer.Option(None, "--name", help="Artifact name (default: report-<model>-<recipe hash>)."),
     workdir: Path = workdir_option(),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact of the same name."),
@@ -201,9 +202,10 @@ def report(
 
     from autarky.evaluate.report import make_report
 
-    result = make_report(artifact.resolve(workdir, model, "model"), workdir, name=name, force=force)
-    console.print(Markdown((result.path / "report.md").read_text(encoding="utf-8")))
-    console.print(f"[green]report[/] {result.path}  (report.md and its charts)")
+    workdir, [described] = chain.inputs(ctx, workdir, (model, "model"))
+    result = make_report(described, workdir, name=name, force=force)
+    out.print(Markdown((result.path / "report.md").read_text(encoding="utf-8")))
+    out.print(f"report {chain.shown(result.path)}  (report.md and its charts)", markup=False, soft_wrap=True)
 
 
 # --help lists the verbs in the order a user meets them, whatever order they are defined in above.
