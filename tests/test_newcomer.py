@@ -165,6 +165,10 @@ def test_an_input_path_in_a_workspace_takes_the_output_there(ws, pipeline, tmp_p
         in said
     )
     assert (tmp_path / "elsewhere" / "tokenizer").is_dir()
+    loose = tmp_path / "copied" / "docs"  # an artifact directory in no workspace: the output stays in ./work
+    shutil.copytree(pipeline.corpus.path, loose)
+    result = _cli("tokenizer", str(loose), "--vocab-size", "300")
+    assert "output goes" not in result.stderr and (tmp_path / "work" / "tokenizer").is_dir()
 
 
 def test_default_names_say_what_went_in_without_growing_hashes(pipeline):

@@ -74,7 +74,7 @@ def inputs(ctx: typer.Context, workdir: Path, *wanted: tuple[str | None, str]) -
 def _output_workspace(workdir: Path, given: Artifact, chosen: bool) -> Path:
     """Where an output goes when one input lies in `given.workspace`."""
     home = given.workspace
-    if home == workdir.resolve():
+    if home == workdir.resolve() or given.path.parent.name != given.kind:  # the same, or in no workspace
         return workdir
     label = f"{given.kind}/{given.name}"
     if not chosen:
