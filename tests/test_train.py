@@ -537,9 +537,16 @@ def test_ctrl_c_on_the_command_line_says_how_to_resume(pipeline):
 
 
 def test_a_finished_model_trains_more_from_its_weights_with_init(pipeline, trained):
+    from autarky.train import pretrain
+
     longer = TrainConfig(**{**TINY_TRAIN, "max_steps": 80})
     with pytest.raises(UserError, match=f"--init {trained.name}"):
         train(pipeline.tokens, pipeline.workdir, longer, name=trained.name)
+    # a longer run under another name starts from scratch, and names the model it could continue
+    inputs = [pipeline.tokens, pipeline.tokenizer]
+    assert trained.id in [a.id for a in pretrain.other_budgets(pipeline.workdir, longer.recipe(), inputs)]
+    other_lr = TrainConfig(**{**TINY_TRAIN, "lr": 1e-3})
+    assert pretrain.other_budgets(pipeline.workdir, other_lr.recipe(), inputs) == []
     more = train(
         pipeline.tokens, pipeline.workdir, TrainConfig(**{**TINY_TRAIN, "max_steps": 5}), init=trained
     )

@@ -98,6 +98,14 @@ def train(
     if (found := builder.existing(force=force)) is not None:
         console.print(f"reusing finished model {found.path}")
         return found
+    if not (builder.dir / CHECKPOINT).exists() and (others := other_budgets(workdir, recipe, inputs)):
+        other = others[0]
+        console.print(
+            f"note: {other.name} was trained from the same inputs and settings for another budget; this "
+            f"run starts from scratch. To train {other.name} more instead: "
+            f"autarky train {tokens.name} --init {other.name}",
+            soft_wrap=True,
+        )
     with interruptible(builder.dir):
         run = prepare(builder.dir, tokens, tokenizer, config, resume, force, init)
         with builder:
@@ -126,6 +134,24 @@ def refuse_to_change(builder: artifact.Builder, train_more: str) -> None:
             f"`{train_more}` (a fresh optimizer and schedule), choose another --name, "
             "or pass --force to replace it"
         )
+
+
+def other_budgets(workdir: Path, recipe: dict, inputs: list[Artifact]) -> list[Artifact]:
+    """Finished models made from the same inputs and settings but for their budget (--max-steps,
+    --minutes), newest first: what someone asking for a longer run under a default name may mean
+    to continue."""
+    budget = ("max_steps", "minutes")
+    wanted = ({k: v for k, v in recipe.items() if k not in budget}, [a.id for a in inputs])
+    found = []
+    for manifest in (Path(workdir) / "model").glob(f"*/{artifact.MANIFEST}"):
+        try:
+            old = artifact.load(manifest.parent, "model")
+        except UserError:
+            continue
+        settings = {k: v for k, v in old.config.items() if k not in budget}
+        if (settings, [i.get("id") for i in old.manifest["inputs"]]) == wanted and old.config != recipe:
+            found.append(old)
+    return sorted(found, key=lambda a: a.manifest["created"], reverse=True)
 
 
 @contextmanager
