@@ -304,3 +304,32 @@ def test_the_cli_fine_tunes_and_reports_the_held_out_loss(toy):
     assert "steps: 3 (--max-steps), 256 tokens a step" in out.stderr
     assert "(smoothed)" in out.stderr
     assert made.config["lora_rank"] == 2 and (made.path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_resume_is_exact(toy, monkeypatch):
+    """Ctrl-C between checkpoints (every 5 steps) stops sft at step 7 with a checkpoint there."""
+    import signal
+
+    from autarky.train import sft as sft_module
+    from autarky.train.checkpoint import Interrupted
+
+    config = SFTConfig(**FAST, max_steps=8)
+    reference = sft(toy.base, toy.chat, toy.work, config, name="reference-0")  # made above, or now
+    make_batches = sft_module.make_batches
+
+    def ctrl_c_during_step_6(*args):
+        batches = make_batches(*args)
+
+        def fetch(step, micro):
+            if (step, micro) == (7, 0):  # fetched while step 6 trains
+                signal.raise_signal(signal.SIGINT)
+            return batches(step, micro)
+
+        return fetch
+
+    monkeypatch.setattr(sft_module, "make_batches", ctrl_c_during_step_6)
+    with pytest.raises(Interrupted) as stop:
+        sft(toy.base, toy.chat, toy.work, config, name="ctrl-c")
+    assert stop.value.step == 7 and (stop.value.run_dir / "checkpoint.safetensors").exists()
+    monkeypatch.setattr(sft_module, "make_batches", make_batches)
+    assert sft(toy.base, toy.chat, toy.work, config, name="ctrl-c", resume=True).id == reference.id

@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from rich.progress import Progress as ProgressBar
 from torch import nn
 
 from autarky.console import console
@@ -94,7 +95,7 @@ def fit(
     smoothed = SmoothedLoss(history)
     pending, trained = [], {}
     x, y = batches(step, 0)
-    with progress_bar() as bar, StopRequest() as stop:
+    with progress_bar() as bar, StopRequest(bar) as stop:
         task = bar.add_task("train", total=config.max_steps, completed=step)
         while True:
             last_step = session.fraction(step) >= 1.0
@@ -226,8 +227,10 @@ class StopRequest:
     be checkpointed; a second Ctrl-C stops at once, as it would anywhere. Only the main thread gets
     signals, and a process that ignores Ctrl-C (a background job) keeps ignoring it."""
 
-    def __init__(self):
-        self.asked, self.previous = False, None
+    NOTICE = "[yellow]stopping after this step, with a checkpoint (Ctrl-C again: at once)[/]"
+
+    def __init__(self, bar: ProgressBar):
+        self.bar, self.asked, self.previous = bar, False, None
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -239,7 +242,10 @@ class StopRequest:
     def _ask(self, signum, frame) -> None:
         self.asked = True
         signal.signal(signal.SIGINT, self.previous)
-        console.print("[yellow]stopping after this step, with a checkpoint (Ctrl-C again stops at once)[/]")
+        # The bar, not a print: a print from a handler could wait on the console's lock, which the
+        # interrupted code may hold while the bar's thread waits on it.
+        for task in self.bar.task_ids:
+            self.bar.update(task, description=self.NOTICE)
 
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
