@@ -3,6 +3,11 @@ language-ID accuracy, PII redactions on prose that holds none. Prints the figure
 bench/results/curate.json; asserts nothing.
 
     .venv/bin/python bench/curate.py /work/shared/corpora/ruslit [--html-pages 2000] [--skip-scale]
+    .venv/bin/python bench/curate.py --only-near-dup [--near-dup-pairs 100]
+
+Near dedup is measured on planted pairs at controlled word 5-gram Jaccard (words replaced): recall at
+J ≥ 0.75 and false removals at J ≤ 0.6 (deterministic), and the pipeline's throughput with today's
+banding relative to 14 bands x 8 rows, the setting before, in the same run.
 
 Throughput is given twice: per wall second (what a user waits, shared machines included) and per
 CPU second of the workers and the main process (what the code costs, whatever else runs beside it;
@@ -31,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autarky.data.curate import CurateConfig, curate  # noqa: E402
 from autarky.data.decode import decode  # noqa: E402
-from autarky.data.dedup import MinHasher, NearDedup  # noqa: E402
+from autarky.data.dedup import NearDedup  # noqa: E402
 from autarky.data.document import Document  # noqa: E402
 from autarky.data.langid import detect  # noqa: E402
 from autarky.data.normalize import Normalize  # noqa: E402
@@ -160,55 +165,115 @@ def synthetic_html(directory: Path, pages: int, paragraphs: list[str], seed: int
 # ------------------------------------------------------------------ near-duplicate quality
 
 
-def near_dup_quality(pairs_per_level: int = 150, seed: int = 0) -> dict:
-    """Planted pairs at measured shingle Jaccard: how often does the later copy get dropped?"""
+OLD_BANDING = {"minhash_bands": 14, "minhash_rows": 8}  # the setting before issue 13, for comparison
+
+
+def planted_pairs(pairs_per_level: int, seed: int, words: int = 300) -> tuple[list[str], np.ndarray]:
+    """Pairs of documents at controlled word 5-gram Jaccard: a random text and a copy with a share of its
+    words replaced (0% to 30%), each pair's exact Jaccard measured. Returns texts [a0, b0, a1, b1, …]."""
     rng = random.Random(seed)
     vocabulary = [f"w{i}" for i in range(20000)]
-    hasher = MinHasher()
     docs, truth = [], []
-    for share in (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 0.3):
+    for share in (0.0, 0.01, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.06, 0.08, 0.12, 0.2, 0.3):
         for _ in range(pairs_per_level):
-            words = [rng.choice(vocabulary) for _ in range(300)]
-            other = list(words)
+            first = [rng.choice(vocabulary) for _ in range(words)]
+            other = list(first)
             for i in rng.sample(range(len(other)), int(len(other) * share)):
                 other[i] = rng.choice(vocabulary)
-            a, b = " ".join(words), " ".join(other)
-            sa = {tuple(words[i : i + 5]) for i in range(len(words) - 4)}
+            sa = {tuple(first[i : i + 5]) for i in range(len(first) - 4)}
             sb = {tuple(other[i : i + 5]) for i in range(len(other) - 4)}
             truth.append(len(sa & sb) / len(sa | sb))
-            docs += [a, b]
+            docs += [" ".join(first), " ".join(other)]
+    return docs, np.array(truth)
+
+
+def removed_pairs(docs: list[str], config: CurateConfig) -> tuple[np.ndarray, dict]:
+    """Which second copies near dedup removes under `config`, and its step's counts."""
+    hasher = config.hasher
     sigs = np.stack([hasher.signature(d) for d in docs])
     alive = np.ones(len(docs), dtype=bool)
-    copies = np.ones(len(docs), dtype=np.int32)
-    index = np.arange(len(docs))
-    NearDedup(hasher, CurateConfig().near_dup_threshold).select(
-        hasher.band_keys(sigs), index, lambda i: sigs[i], alive, copies
+    near = NearDedup(hasher, config.near_dup_threshold)
+    near.select(
+        hasher.band_keys(sigs),
+        np.arange(len(docs)),
+        lambda indices: {i: hasher.shingle_set(docs[i]) for i in indices.tolist()},
+        alive,
+        np.ones(len(docs), dtype=np.int32),
     )
-    truth = np.array(truth)
-    removed = ~alive[1::2]  # the second of each pair
     assert alive[0::2].all(), "a first copy was removed"
-    high, low = truth >= 0.8, truth <= 0.5
-    by_level = {}
-    for lo, hi in ((0.0, 0.3), (0.3, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.01)):
-        sel = (truth >= lo) & (truth < hi)
-        if sel.any():
-            by_level[f"{lo:.1f}-{min(hi, 1):.1f}"] = {
-                "pairs": int(sel.sum()),
-                "removed": round(float(removed[sel].mean()), 3),
-            }
-    result = {
-        "pairs": len(truth),
-        "recall_at_jaccard_ge_0.8": round(float(removed[high].mean()), 4),
-        "false_removal_at_jaccard_le_0.5": round(float(removed[low].mean()), 4),
-        "removed_by_jaccard": by_level,
+    return ~alive[1::2], dict(near.stats)
+
+
+def near_dup_quality(pairs_per_level: int = 150, seed: int = 0) -> dict:
+    """Planted pairs at measured Jaccard: how often is the later copy dropped, with today's banding and
+    the one before it (both confirm candidates by exact Jaccard)? Deterministic: no timing here."""
+    docs, truth = planted_pairs(pairs_per_level, seed)
+    default = CurateConfig()
+    settings = {
+        f"{default.minhash_bands}x{default.minhash_rows}": default,
+        "14x8": replace(default, **OLD_BANDING),
     }
-    print(
-        f"  recall at J ≥ 0.8: {result['recall_at_jaccard_ge_0.8']:.3f} ({int(high.sum())} pairs)   "
-        f"false removals at J ≤ 0.5: {result['false_removal_at_jaccard_le_0.5']:.4f} ({int(low.sum())} pairs)"
-    )
-    for level, v in by_level.items():
-        print(f"      J {level}: {v['pairs']:4d} pairs, {v['removed']:.3f} removed")
+    result: dict = {"pairs": len(truth), "threshold": default.near_dup_threshold}
+    high, low = truth >= default.near_dup_threshold, truth <= 0.6
+    for label, config in settings.items():
+        removed, stats = removed_pairs(docs, config)
+        by_level = {}
+        for lo, hi in ((0.0, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.75), (0.75, 0.8), (0.8, 0.9), (0.9, 1.01)):
+            sel = (truth >= lo) & (truth < hi)
+            if sel.any():
+                by_level[f"{lo:.2f}-{min(hi, 1):.2f}"] = {
+                    "pairs": int(sel.sum()),
+                    "removed": round(float(removed[sel].mean()), 4),
+                }
+        result[label] = {
+            "recall_at_jaccard_ge_threshold": round(float(removed[high].mean()), 4),
+            "false_removals_at_jaccard_le_0.6": int(removed[low].sum()),
+            "candidate_pairs": stats.get("candidate_pairs", 0),
+            "compared_pairs": stats.get("compared_pairs", 0),
+            "removed_by_jaccard": by_level,
+        }
+        r = result[label]
+        print(
+            f"  {label:>5}: recall at J ≥ {default.near_dup_threshold}: {r['recall_at_jaccard_ge_threshold']:.4f} "
+            f"({int(high.sum())} pairs)   false removals at J ≤ 0.6: {r['false_removals_at_jaccard_le_0.6']} "
+            f"({int(low.sum())} pairs)   candidates {r['candidate_pairs']}, compared {r['compared_pairs']}"
+        )
+        for level, v in by_level.items():
+            print(f"      J {level}: {v['pairs']:4d} pairs, {v['removed']:.3f} removed")
     return result
+
+
+def near_dup_throughput(pairs_per_level: int, rounds: int = 3) -> dict:
+    """The whole pipeline (one worker) on planted pairs, today's banding beside 14 x 8 in the same run,
+    alternating, best of `rounds` each: a ratio, not a speed (the machine may be shared)."""
+    docs, _ = planted_pairs(pairs_per_level, seed=1)
+    default = CurateConfig()
+    settings = {"default": default, "14x8": replace(default, **OLD_BANDING)}
+    best: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="autarky-neardup-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for i, text in enumerate(docs):
+            (src / f"{i:06d}.txt").write_text(text)
+        for _ in range(rounds):
+            for label, config in settings.items():
+                r = run_pipeline([src], config, 1, f"planted pairs, {label}")
+                if label not in best or r["cpu_s"] < best[label]["cpu_s"]:
+                    best[label] = r
+    dedup = {
+        label: sum(r["steps"][s]["seconds"] for s in ("minhash", "near_dedup")) for label, r in best.items()
+    }
+    whole = best["14x8"]["cpu_s"] / best["default"]["cpu_s"]
+    steps = dedup["14x8"] / dedup["default"]
+    print(
+        f"  throughput of today's banding relative to 14 x 8 (best of {rounds}): whole pipeline per CPU "
+        f"second {whole:.3f}, the two near-dedup steps (minhash, near_dedup) {steps:.3f}"
+    )
+    return {
+        "runs": best,
+        "default_relative_to_14x8_per_cpu_s": round(whole, 3),
+        "near_dedup_steps_default_relative_to_14x8": round(steps, 3),
+    }
 
 
 # ------------------------------------------------------------------ language ID
@@ -326,6 +391,16 @@ def pii_on_prose(ruslit: Path) -> dict:
     return result
 
 
+def near_dup_sections(throughput_pairs: int) -> dict:
+    print("\n== near-duplicate detection on planted pairs (MinHash LSH over word 5-grams, exact Jaccard)")
+    print("   targets: recall ≥ 0.98 at J ≥ 0.75; no false removal at J ≤ 0.6")
+    results = {"near_dup": near_dup_quality()}
+    if throughput_pairs:
+        print("\n== near dedup's cost: the pipeline on planted pairs, today's banding beside 14 x 8")
+        results["near_dup_throughput"] = near_dup_throughput(throughput_pairs)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -336,9 +411,26 @@ def main() -> None:
     )
     parser.add_argument("--html-pages", type=int, default=2000)
     parser.add_argument("--skip-scale", action="store_true", help="only near-dup quality and language ID")
+    parser.add_argument(
+        "--near-dup-pairs",
+        type=int,
+        default=100,
+        help="pairs per level for near-dup throughput (13 levels; 0 skips it)",
+    )
+    parser.add_argument(
+        "--only-near-dup",
+        action="store_true",
+        help="only the near-dup sections, their figures merged into the results file's others",
+    )
     args = parser.parse_args()
 
     results: dict = {"cpu_count": os.cpu_count()}
+    if args.only_near_dup:
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else results
+        results.update(near_dup_sections(args.near_dup_pairs))
+        RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        print(f"\nwrote {RESULTS}")
+        return
     if not args.skip_scale:
         if not args.ruslit.exists():
             raise SystemExit(f"{args.ruslit} does not exist; pass the path of a directory of text files")
@@ -360,8 +452,7 @@ def main() -> None:
                 ]
             html = synthetic_html(Path(tmp) / "html", args.html_pages, paragraphs)
             results["html"] = [run_pipeline([html], default, w, "synthetic HTML") for w in (1, 2)]
-    print("\n== near-duplicate detection on planted pairs (MinHash 14 bands × 8 rows, word 5-grams)")
-    results["near_dup"] = near_dup_quality()
+    results.update(near_dup_sections(args.near_dup_pairs))
     print("\n== language ID (fastText lid.176 lite) on ru/uk/be/bg/en paragraphs")
     results["language_id"] = language_accuracy(args.ruslit, args.shakespeare)
     if args.ruslit.exists():

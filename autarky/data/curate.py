@@ -39,7 +39,7 @@ from autarky.console import UserError, console, progress
 from autarky.data.balance import cap_rows, carve_rows, share_cap
 from autarky.data.config import CurateConfig
 from autarky.data.corpus import DROPPED_SCHEMA, SCHEMA, ShardWriter, document_row
-from autarky.data.dedup import ExactDedup, MinHashSignature, NearDedup
+from autarky.data.dedup import ExactDedup, MinHashSignature, NearDedup, ShingleStore
 from autarky.data.document import Document, text_hash
 from autarky.data.executor import Executor
 from autarky.data.filters import FineWebQuality, GopherQuality, GopherRepetition
@@ -261,7 +261,7 @@ def read_keys(parts: Path, summaries: list[dict]) -> tuple[list[bytes], np.ndarr
 def _near_dedup(
     near: NearDedup, parts: Path, summaries: list[dict], alive: np.ndarray, copies: np.ndarray
 ) -> None:
-    """Band keys part by part from memory-mapped signatures; full signatures only for candidate pairs."""
+    """Band keys part by part from memory-mapped signatures; the text again only for candidate pairs."""
     sigs = [np.load(parts / f"{s['key']}.sig.npy", mmap_mode="r") for s in summaries]
     offsets = np.cumsum([0] + [len(x) for x in sigs])
     keys, index = [], []
@@ -273,18 +273,32 @@ def _near_dedup(
             keys.append(near.hasher.band_keys(chosen[has_words]))
             index.append(rows[has_words] + offset)
 
-    def rows_of(indices: np.ndarray) -> np.ndarray:
-        part = np.searchsorted(offsets, indices, side="right") - 1
-        out = np.empty((len(indices), near.hasher.size), dtype=np.uint64)
-        for p in np.unique(part):
-            where = part == p
-            out[where] = sigs[p][indices[where] - offsets[p]]
-        return out
+    def shingles(indices: np.ndarray) -> ShingleStore:
+        texts = _kept_texts(parts, summaries, offsets, indices)
+        return ShingleStore(parts / "shingles.bin", near.hasher, texts)
 
     if keys:
-        near.select(np.concatenate(keys), np.concatenate(index), rows_of, alive, copies)
+        near.select(np.concatenate(keys), np.concatenate(index), shingles, alive, copies)
     else:
         near.count(0, {}, 0.0)
+
+
+def _kept_texts(
+    parts: Path, summaries: list[dict], offsets: np.ndarray, indices: np.ndarray
+) -> Iterator[tuple[int, str]]:
+    """(index, text) of the kept documents `indices` (sorted), reading only the row groups that hold one."""
+    part_of = np.searchsorted(offsets, indices, side="right") - 1
+    for p in np.unique(part_of):
+        wanted, row = indices[part_of == p] - offsets[p], 0
+        for name in summaries[p]["kept_files"]:
+            file = pq.ParquetFile(parts / name)
+            for group in range(file.num_row_groups):
+                size = file.metadata.row_group(group).num_rows
+                inside = wanted[(wanted >= row) & (wanted < row + size)]
+                if len(inside):
+                    texts = file.read_row_group(group, columns=["text"]).column("text").take(inside - row)
+                    yield from zip((inside + offsets[p]).tolist(), texts.to_pylist(), strict=True)
+                row += size
 
 
 Select = Callable[[np.ndarray, np.ndarray], None]  # clears `alive` for what it drops, adds to `copies`

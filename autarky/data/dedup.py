@@ -1,21 +1,24 @@
-"""Deduplication: exact (by text hash) and near (MinHash LSH over word 5-grams, our own code).
+"""Deduplication: exact (by text hash) and near (MinHash LSH over word 5-grams, then their exact Jaccard).
 
-Both run after the per-document steps, over compact per-document keys only (16 bytes of text hash,
-the MinHash signature in a memory-mapped array), so memory grows with the number of documents and
-never with their text. In each group of duplicates the first document in source order is kept.
+Both run after the per-document steps, over compact per-document keys (16 bytes of text hash, the
+MinHash signature in a memory-mapped array), so memory grows with the number of documents and never
+with their text. In each group of duplicates the first document in source order is kept.
 
-Near dedup finds candidates with LSH: the 112 MinHash values of a signature are cut into 14 bands of 8
-rows, and two documents whose word 5-gram sets have Jaccard similarity J share at least one band's key
-with probability 1 - (1 - J^8)^14, an S-curve centred near J = 0.72:
+Near dedup is two steps. LSH proposes candidates: the 110 MinHash values of a signature are cut into
+22 bands of 5 rows, and two documents whose word 5-gram sets have Jaccard similarity J share at least
+one band's key with probability 1 - (1 - J^5)^22, an S-curve loose enough that a pair a reader would
+call copies is almost never missed:
 
-    J            0.5   0.6   0.7   0.8   0.9
-    candidate    5%    21%   56%   92%   99.96%
+    J            0.3    0.5    0.6    0.7    0.75    0.8
+    candidate    5%     50%    83%    98.3%  99.74%  99.98%
 
-Only candidates are compared at all; `near_dup_threshold` (0.7 by default) then confirms a pair
-when the share of equal values in the two full signatures (an estimate of J, ±0.04 near 0.8) reaches
-it. So the threshold can only remove candidates, never add them: lowering it below ~0.7 finds few
-more pairs, and a pair at J = 0.8 is missed 8% of the time whatever it is. Moving the curve means other
-bands and rows (`minhash_bands`, `minhash_rows`), which changes every signature's band keys.
+Then each candidate pair is confirmed by the exact Jaccard of the two documents' 5-gram sets (their
+64-bit hashes, read back from the kept text of the candidates alone), not by the estimate two
+signatures give (±0.04 near 0.8, which would cut both ways at the threshold). A pair is a duplicate
+when J ≥ `near_dup_threshold` (0.75 by default): so recall at the threshold is LSH's, and a pair
+below it is never removed, however many candidates the looser bands propose. Datatrove stops at
+the first step, with 14 bands of 8 rows: it misses a pair at J = 0.76 about one time in five, and
+removes one at J = 0.5 one time in twenty.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -152,8 +156,8 @@ class MinHasher:
     """
 
     n: int = 5
-    bands: int = 14
-    rows: int = 8
+    bands: int = 22
+    rows: int = 5
     seed: int = 1
 
     @property
@@ -183,6 +187,11 @@ class MinHasher:
                 carry = ids
         if not emitted and len(carry):
             yield _mix(ngram_hashes(carry, len(carry)))
+
+    def shingle_set(self, text: str) -> np.ndarray:
+        """The text's distinct n-gram hashes, sorted: the set whose Jaccard the signature estimates."""
+        parts = list(self.shingles(text))
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
 
     def signature(self, text: str, chunk: int = 2048) -> np.ndarray:
         """`size` uint64 minima; all ones (`_EMPTY`) for a text without words."""
@@ -241,44 +250,98 @@ class _UnionFind:
             self.parent[max(rx, ry)] = min(rx, ry)
 
 
-class NearDedup(GlobalStep):
-    """Drops documents that are near-duplicates of an earlier one (estimated Jaccard ≥ `threshold`).
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """The Jaccard similarity of two sorted arrays of distinct values (0 when either is empty)."""
+    if not len(a) or not len(b):
+        return 0.0
+    shared = len(np.intersect1d(a, b, assume_unique=True))
+    return shared / (len(a) + len(b) - shared)
 
-    LSH with `bands` × `rows` finds candidates (two documents sharing one band's key; how likely
-    that is for each similarity, the module's docstring says); the full signatures then confirm
-    them, which keeps false removals rare below the threshold. The threshold only confirms: a pair
-    LSH does not propose is never compared. Confirmed pairs join clusters (union-find); the
-    earliest member is kept and counts the whole cluster.
+
+def candidate_pairs(keys: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Sorted, distinct (i, j), i < j, of documents `index` that share a band's key (`keys`, row by row).
+
+    Within each group of one key every member is paired with the group's first (the earliest, as
+    copies of one text usually are) and with the one before it: linear in the group's size, where all
+    pairs would be quadratic in a group of thousands.
+    """
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for band in range(keys.shape[1]):
+        order = np.argsort(keys[:, band], kind="stable")
+        sorted_keys = keys[order, band]
+        starts = np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1]))
+        first = np.flatnonzero(starts)[np.cumsum(starts) - 1]
+        later = np.flatnonzero(~starts)
+        ids = index[order].astype(np.int64)
+        found.append(np.stack((ids[first[later]], ids[later]), axis=1))
+        found.append(np.stack((ids[later - 1], ids[later]), axis=1))
+    pairs = np.concatenate(found)
+    pairs.sort(axis=1)
+    return np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
+
+
+class ShingleStore:
+    """The shingle sets of the candidate documents, written once to a file and read back memory-mapped,
+    so confirming pairs holds the sets of two documents at a time, however many candidates there are."""
+
+    def __init__(self, path: Path, hasher: MinHasher, texts: Iterable[tuple[int, str]]) -> None:
+        self.offsets: dict[int, tuple[int, int]] = {}
+        at = 0
+        with open(path, "wb") as f:
+            for i, text in texts:
+                values = hasher.shingle_set(text)
+                f.write(values.tobytes())
+                self.offsets[i] = (at, at + len(values))
+                at += len(values)
+        self.values = np.memmap(path, dtype=np.uint64, mode="r") if at else np.zeros(0, np.uint64)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start, end = self.offsets[i]
+        return self.values[start:end]
+
+
+Shingles = Callable[[np.ndarray], Mapping[int, np.ndarray]]  # candidates' indices → their shingle sets
+
+
+class NearDedup(GlobalStep):
+    """Drops documents that are near-duplicates of an earlier one (exact word 5-gram Jaccard ≥ `threshold`).
+
+    LSH with `bands` × `rows` proposes candidates (how likely for each similarity, the module's
+    docstring says); the exact Jaccard of their shingle sets confirms them, so the threshold is
+    exact and a pair below it is never removed. Confirmed pairs join clusters (union-find); the
+    earliest member is kept and counts the whole cluster. The clusters are the connected parts of
+    the confirmed pairs, so a pair already joined through others is not compared.
     """
 
     name = "near_dedup"
     reason = "near_duplicate"
 
-    def __init__(self, hasher: MinHasher, threshold: float = 0.7) -> None:
+    def __init__(self, hasher: MinHasher, threshold: float = 0.75) -> None:
         super().__init__()
         self.hasher = hasher
         self.threshold = threshold
 
     def select(
-        self, keys: np.ndarray, index: np.ndarray, rows, alive: np.ndarray, copies: np.ndarray
+        self, keys: np.ndarray, index: np.ndarray, shingles: Shingles, alive: np.ndarray, copies: np.ndarray
     ) -> None:
-        """Cluster the documents `index` (band `keys` row by row; `rows(indices)` gives full signatures).
+        """Cluster the documents `index` (band `keys` row by row; `shingles(indices)` gives their sets).
 
         Clears `alive` for every dropped member and adds its copies to its cluster's kept one.
         """
         start = time.perf_counter()
         considered = int(alive.sum())
-        pairs: set[tuple[int, int]] = set()
-        for j in range(keys.shape[1]):
-            order = np.argsort(keys[:, j], kind="stable")
-            same = np.flatnonzero(keys[order[1:], j] == keys[order[:-1], j])
-            pairs.update(zip(index[order[same]].tolist(), index[order[same + 1]].tolist(), strict=True))
+        pairs = candidate_pairs(keys, index)
+        sets = shingles(np.unique(pairs))
         found = _UnionFind()
-        pair_array = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
-        for at in range(0, len(pair_array), 65536):  # bounded memory: 1 MB of signatures per 1000 pairs
-            batch = pair_array[at : at + 65536]
-            similar = (rows(batch[:, 0]) == rows(batch[:, 1])).mean(axis=1) >= self.threshold
-            for i, j in batch[similar].tolist():
+        compared = 0
+        for i, j in pairs.tolist():
+            if found.find(i) == found.find(j):
+                continue
+            a, b = sets[i], sets[j]
+            if min(len(a), len(b)) < self.threshold * max(len(a), len(b)):  # J ≤ the smaller / the larger
+                continue
+            compared += 1
+            if jaccard(a, b) >= self.threshold:
                 found.union(i, j)
         dropped = 0
         for member in sorted(found.parent):
@@ -287,4 +350,6 @@ class NearDedup(GlobalStep):
                 alive[member] = False
                 copies[root] += copies[member]
                 dropped += 1
+        self.stats["candidate_pairs"] += len(pairs)
+        self.stats["compared_pairs"] += compared
         self.count(considered, {self.reason: dropped}, time.perf_counter() - start)
