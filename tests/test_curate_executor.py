@@ -40,8 +40,12 @@ def fake_ray(monkeypatch) -> tuple[dict, types.SimpleNamespace]:
     constants = types.SimpleNamespace(ENABLE_RAY_CLUSTER=True)
     private = types.ModuleType("ray._private")
     private.ray_constants = constants
+    raylet = types.ModuleType("ray._raylet")
+    raylet.InnerGcsClient = types.SimpleNamespace(
+        standalone=lambda address, cluster_id, timeout_ms: calls.update(asked=(address, timeout_ms))
+    )
     ray = types.ModuleType("ray")
-    ray._private = private
+    ray._private, ray._raylet = private, raylet
     state = {"up": False}
 
     def init(**kwargs):
@@ -53,6 +57,7 @@ def fake_ray(monkeypatch) -> tuple[dict, types.SimpleNamespace]:
     ray.shutdown = lambda: state.update(up=False)
     monkeypatch.setitem(sys.modules, "ray", ray)
     monkeypatch.setitem(sys.modules, "ray._private", private)
+    monkeypatch.setitem(sys.modules, "ray._raylet", raylet)
     monkeypatch.setitem(sys.modules, "ray._private.ray_constants", constants)
     return calls, constants
 
@@ -72,6 +77,8 @@ def test_ray_starts_on_loopback_and_ignores_ray_address(monkeypatch):
     assert started["include_dashboard"] is False
     assert calls["loopback"] == ("0", False)  # every Ray server binds 127.0.0.1
     assert constants.ENABLE_RAY_CLUSTER is True and RAY_LOOPBACK_FLAG not in os.environ  # restored
+    assert "asked" not in calls  # a Ray of its own is not probed
     with ray_session(3, "10.0.0.5:6379"):
         pass
     assert calls["init"]["address"] == "10.0.0.5:6379"
+    assert calls["asked"] == ("10.0.0.5:6379", 2000)  # asked first whether it answers, in seconds

@@ -1,5 +1,6 @@
 """The Ray engine runs the same step functions as the local pool and makes the same corpus, byte for byte,
-on a Ray that listens on the loopback address only."""
+on a Ray that listens on the loopback address only and on a cluster of two nodes; a cluster that does
+not answer is one sentence."""
 
 from __future__ import annotations
 
@@ -7,30 +8,114 @@ import glob
 import ipaddress
 import os
 import random
+import socket
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from autarky.data import curate as curate_module
+from autarky.data import executor as executor_module
 from autarky.data.curate import curate
 from autarky.data.executor import ray_session
 
 ray = pytest.importorskip("ray")
 
 
-def test_ray_engine_matches_local_pool(tmp_path, monkeypatch):
-    monkeypatch.setattr(curate_module, "TASK_FILES", 3)  # several tasks, so Ray really spreads them
+def write_sources(src: Path) -> Path:
+    """Ten documents and an exact copy of one, in several tasks (with TASK_FILES at 3)."""
     rng = random.Random(5)
-    src = tmp_path / "src"
     src.mkdir()
     words = [f"w{i}" for i in range(800)]
     for i in range(10):
         (src / f"{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(120)))
     (src / "copy.txt").write_text((src / "3.txt").read_text())
+    return src
+
+
+def test_ray_engine_matches_local_pool(tmp_path, monkeypatch):
+    monkeypatch.setattr(curate_module, "TASK_FILES", 3)  # several tasks, so Ray really spreads them
+    src = write_sources(tmp_path / "src")
     local = curate([src], tmp_path / "local", workers=2)
     on_ray = curate([src], tmp_path / "ray", workers=2, engine="ray")
     assert on_ray.id == local.id
     assert on_ray.metrics["documents_kept"] == local.metrics["documents_kept"] == 10
     assert not ray.is_initialized()  # the local Ray it started is shut down again
+
+
+@pytest.fixture
+def two_nodes():
+    """A Ray cluster of a head node and a worker node (two raylets, one CPU each), torn down even when
+    the test fails; a skip, with Ray's reason, where Ray cannot start one here."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(shutdown_at_exit=True)
+    try:
+        cluster.add_node(num_cpus=1, include_dashboard=False, resources={"head": 1})
+        cluster.add_node(num_cpus=1, resources={"worker": 1})
+    except Exception as e:  # no shared memory, no ports, a sandbox: nothing to test on
+        cluster.shutdown()
+        pytest.skip(f"Ray cannot start a two-node cluster here: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def where(_: int) -> str:
+    time.sleep(1)  # long enough that two tasks run at once, one per node's one CPU
+    return ray.get_runtime_context().get_node_id()
+
+
+@pytest.mark.timeout(60)
+def test_two_node_cluster_makes_the_local_pools_corpus(tmp_path, monkeypatch, two_nodes):
+    """`--ray-address` of an existing cluster: its two nodes both run tasks, and the corpus is the one
+    the local process pool makes, byte for byte."""
+    monkeypatch.setattr(curate_module, "TASK_FILES", 3)
+    src = write_sources(tmp_path / "src")
+    with ray_session(2, two_nodes.address) as session:
+        alive = [n for n in session.nodes() if n["Alive"]]
+        assert [n["Resources"]["CPU"] for n in alive] == [1.0, 1.0]
+        nodes = session.get([session.remote(num_cpus=1)(where).remote(i) for i in range(2)])
+        assert len(set(nodes)) == 2  # one CPU each: two tasks at once run on two nodes
+    assert not ray.is_initialized()
+    local = curate([src], tmp_path / "local", workers=2)
+    on_cluster = curate([src], tmp_path / "ray", workers=2, engine="ray", ray_address=two_nodes.address)
+    assert on_cluster.id == local.id
+    assert not ray.is_initialized()  # the run leaves the cluster, and leaves it running
+    assert all(node.remaining_processes_alive() for node in two_nodes.list_all_nodes())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+def test_a_ray_address_that_does_not_answer_is_one_sentence(tmp_path, monkeypatch, capsys):
+    """Reproduces issue 13's bad input: Ray retried a silent address for minutes. Now: one sentence,
+    exit 2, no corpus and no staging left."""
+    from autarky import cli
+
+    monkeypatch.setattr(executor_module, "RAY_ANSWER_MS", 500)
+    address = f"127.0.0.1:{free_port()}"
+    src = write_sources(tmp_path / "src")
+    work = tmp_path / "w"
+    argv = ["autarky", "curate", str(src), "-w", str(work), "--engine", "ray", "--ray-address", address]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(cli.offline, "install", lambda: None)
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert time.perf_counter() - started < 30
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: no Ray cluster answers at {address}" in err
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert not (work / "corpus").exists() or not any((work / "corpus").iterdir())
+    assert not ray.is_initialized()
 
 
 def listening_addresses(pids: set[int]) -> list[str]:

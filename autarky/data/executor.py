@@ -24,6 +24,7 @@ ENGINES = ("local", "ray")
 # Ray's own switch for a one-machine Ray: with it off, the node's address is 127.0.0.1 and every
 # Ray server (GCS, raylet, workers, agents) listens there rather than on all interfaces.
 RAY_LOOPBACK_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+RAY_ANSWER_MS = 2000  # how long a named cluster's GCS has to answer (Ray adds ~10 s of its own retries)
 
 
 @dataclass
@@ -109,6 +110,7 @@ def ray_session(workers: int, address: str = "") -> Iterator[Any]:
         yield ray
         return
     if address:
+        _check_answers(address)
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:
         _start_loopback_ray(ray, workers)
@@ -116,6 +118,47 @@ def ray_session(workers: int, address: str = "") -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_answers(address: str) -> None:
+    """A `UserError` within seconds when no Ray cluster answers at `address`, where `ray.init` would retry
+    for minutes. It asks as `ray.init` does (Ray's own GCS client), so it reaches what Ray reaches.
+    A Ray Client address (ray://) is left to Ray."""
+    from ray import _raylet
+
+    standalone = getattr(getattr(_raylet, "InnerGcsClient", None), "standalone", None)
+    if address.startswith("ray://") or standalone is None:
+        return
+    with _quiet_stderr():  # Ray's C++ client logs every failed try there
+        try:
+            standalone(address, None, RAY_ANSWER_MS)
+        except Exception as e:  # ray.exceptions.RpcError, or a malformed address
+            reason = str(e).rstrip(".") or type(e).__name__
+            raise UserError(f"no Ray cluster answers at {address} ({reason}){_namespace_hint()}") from None
+
+
+def _namespace_hint() -> str:
+    from autarky import offline
+
+    if offline.network_mode() != offline.NAMESPACE:
+        return ""
+    return (
+        "; this command runs in a network namespace with loopback only, "
+        "so a cluster on another machine or on the host is reached with autarky --no-isolate curate ..."
+    )
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a while (native code writes there, not to sys.stderr)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _start_loopback_ray(ray: Any, workers: int) -> None:
