@@ -209,3 +209,23 @@ def test_threshold_is_exact_jaccard(tmp_path, monkeypatch):
     assert m["steps"]["near_dedup"]["stats"]["compared_pairs"] == 2  # the 0.6 pair was compared, and kept
     stricter = CurateConfig(near_dup_threshold=copy_j + 0.001)
     assert curate([src], tmp_path / "strict", config=stricter, workers=1).metrics["documents_kept"] == 5
+
+
+def test_shingle_sets_of_many_texts_are_each_texts_own():
+    """The one-pass shingling of candidates gives every text exactly the set it has alone: no n-gram
+    across two texts, short and empty texts, case folding that changes the length, Greek's final sigma."""
+    rng = random.Random(4)
+    texts = [random_text(rng, rng.randint(5, 80)) for _ in range(30)]
+    texts += [
+        "",
+        "two words",
+        "ΟΔΟΣ ΣΟΦΟΣ ΚΑΙ ΑΛΛΟΣ ΛΟΓΟΣ ΕΔΩ",
+        "İstanbul İzmir Ankara Bursa Konya Adana",
+        "!!! ???",
+    ]
+    texts += ["Съешь же ещё этих мягких французских булок, да выпей чаю", "字 " * 12]
+    rng.shuffle(texts)
+    hasher = MinHasher()
+    together = hasher.shingle_sets(texts)
+    for text, values in zip(texts, together, strict=True):
+        assert values.tolist() == hasher.shingle_set(text).tolist(), text

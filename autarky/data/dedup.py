@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -107,9 +108,15 @@ def word_hashes(text: str) -> np.ndarray:
     All in numpy over the UTF-32 code points: a polynomial hash of each word from one prefix sum,
     (sum c_t P^t over the word) times P^-start, so a word hashes the same wherever it stands.
     """
-    codes = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return _words(text.lower())[0]
+
+
+def _words(lowered: str) -> tuple[np.ndarray, np.ndarray]:
+    """The hash of every word of an already lower-cased text, and where each starts (in code points)."""
+    codes = np.frombuffer(lowered.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    none = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     if not len(codes):
-        return np.zeros(0, dtype=np.uint64)
+        return none
     table = _word_chars()
     is_word = np.where(
         codes < 0x10000, table[np.minimum(codes, 0xFFFF)], codes >= 0x20000
@@ -117,12 +124,12 @@ def word_hashes(text: str) -> np.ndarray:
     edges = np.diff(is_word.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     if not len(starts):
-        return np.zeros(0, dtype=np.uint64)
+        return none
     size = 1 << int(len(codes)).bit_length()  # powers cached by size class, not by every length
     powers, inverse = _powers(size + 1)
     prefix = np.concatenate(([np.uint64(0)], np.cumsum(codes.astype(np.uint64) * powers[: len(codes)])))
     h = (prefix[ends] - prefix[starts]) * inverse[starts]
-    return _mix(h ^ (ends - starts).astype(np.uint64))
+    return _mix(h ^ (ends - starts).astype(np.uint64)), starts
 
 
 def pieces(text: str, size: int) -> Iterator[str]:
@@ -192,6 +199,37 @@ class MinHasher:
         """The text's distinct n-gram hashes, sorted: the set whose Jaccard the signature estimates."""
         parts = list(self.shingles(text))
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
+
+    def shingle_sets(self, texts: list[str]) -> list[np.ndarray]:
+        """`shingle_set` of each text, short texts in one numpy pass over them all (for the thousands of
+        candidates near dedup confirms, where a pass per text would cost as much as signing it).
+
+        The texts are joined with newlines, which no word crosses, and an n-gram whose words are not
+        all in one text is left out. A text of fewer than n words, or one long enough to be read in
+        pieces, goes through `shingle_set`.
+        """
+        alone = [len(t) >= 1 << 20 for t in texts]
+        together = ["" if a else t.lower() for t, a in zip(texts, alone, strict=True)]
+        hashes, starts = _words("\n".join(together))
+        ends = np.cumsum([len(t) + 1 for t in together])
+        doc = np.searchsorted(ends, starts, side="right")
+        words = np.bincount(doc, minlength=len(texts))
+        out = [np.zeros(0, dtype=np.uint64)] * len(texts)
+        if len(hashes) >= self.n:
+            grams = ngram_hashes(hashes, self.n)
+            first = doc[: len(grams)]
+            inside = first == doc[self.n - 1 :]
+            grams, first = _mix(grams[inside]), first[inside]
+            order = np.lexsort((grams, first))
+            grams, first = grams[order], first[order]
+            keep = np.concatenate(([True], (grams[1:] != grams[:-1]) | (first[1:] != first[:-1])))
+            grams, first = grams[keep], first[keep]
+            bounds = np.searchsorted(first, np.arange(len(texts) + 1))
+            out = [grams[bounds[i] : bounds[i + 1]] for i in range(len(texts))]
+        for i, text in enumerate(texts):
+            if alone[i] or 0 < words[i] < self.n:
+                out[i] = self.shingle_set(text)
+        return out
 
     def signature(self, text: str, chunk: int = 2048) -> np.ndarray:
         """`size` uint64 minima; all ones (`_EMPTY`) for a text without words."""
@@ -284,16 +322,28 @@ class ShingleStore:
     """The shingle sets of the candidate documents, written once to a file and read back memory-mapped,
     so confirming pairs holds the sets of two documents at a time, however many candidates there are."""
 
-    def __init__(self, path: Path, hasher: MinHasher, texts: Iterable[tuple[int, str]]) -> None:
+    def __init__(
+        self, path: Path, hasher: MinHasher, texts: Iterable[tuple[int, str]], batch_chars: int = 1 << 18
+    ) -> None:
         self.offsets: dict[int, tuple[int, int]] = {}
-        at = 0
+        self.size = 0
         with open(path, "wb") as f:
+            batch: list[tuple[int, str]] = []
+            chars = 0
             for i, text in texts:
-                values = hasher.shingle_set(text)
-                f.write(values.tobytes())
-                self.offsets[i] = (at, at + len(values))
-                at += len(values)
-        self.values = np.memmap(path, dtype=np.uint64, mode="r") if at else np.zeros(0, np.uint64)
+                batch.append((i, text))
+                chars += len(text)
+                if chars >= batch_chars:
+                    self._write(f, hasher, batch)
+                    batch, chars = [], 0
+            self._write(f, hasher, batch)
+        self.values = np.memmap(path, dtype=np.uint64, mode="r") if self.size else np.zeros(0, np.uint64)
+
+    def _write(self, f: BinaryIO, hasher: MinHasher, batch: list[tuple[int, str]]) -> None:
+        for (i, _), values in zip(batch, hasher.shingle_sets([t for _, t in batch]), strict=True):
+            f.write(values.tobytes())
+            self.offsets[i] = (self.size, self.size + len(values))
+            self.size += len(values)
 
     def __getitem__(self, i: int) -> np.ndarray:
         start, end = self.offsets[i]
