@@ -207,6 +207,7 @@ def test_threshold_is_exact_jaccard(tmp_path, monkeypatch):
     assert m["dropped"]["near_dedup"] == {"near_duplicate": 1}
     assert [d["source"].rsplit("/", 1)[1] for d in iter_dropped(corpus, ("source",))] == ["3-copy.txt"]
     assert m["steps"]["near_dedup"]["stats"]["compared_pairs"] == 2  # the 0.6 pair was compared, and kept
+    assert curate([src], tmp_path / "two", workers=2).id == corpus.id  # whatever the worker count
     stricter = CurateConfig(near_dup_threshold=copy_j + 0.001)
     assert curate([src], tmp_path / "strict", config=stricter, workers=1).metrics["documents_kept"] == 5
 

@@ -24,13 +24,17 @@ ray = pytest.importorskip("ray")
 
 
 def write_sources(src: Path) -> Path:
-    """Ten documents and an exact copy of one, in several tasks (with TASK_FILES at 3)."""
+    """Ten documents, an exact copy of one and a near copy (two words of 120 changed) of another, in
+    several tasks (with TASK_FILES at 3)."""
     rng = random.Random(5)
     src.mkdir()
     words = [f"w{i}" for i in range(800)]
     for i in range(10):
         (src / f"{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(120)))
     (src / "copy.txt").write_text((src / "3.txt").read_text())
+    near = (src / "6.txt").read_text().split()
+    near[30], near[90] = "changed", "words"
+    (src / "near.txt").write_text(" ".join(near))
     return src
 
 
@@ -41,6 +45,7 @@ def test_ray_engine_matches_local_pool(tmp_path, monkeypatch):
     on_ray = curate([src], tmp_path / "ray", workers=2, engine="ray")
     assert on_ray.id == local.id
     assert on_ray.metrics["documents_kept"] == local.metrics["documents_kept"] == 10
+    assert local.metrics["dropped"]["near_dedup"] == {"near_duplicate": 1}
     assert not ray.is_initialized()  # the local Ray it started is shut down again
 
 
