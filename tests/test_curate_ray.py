@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+import json
 import os
 import random
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from autarky.data import curate as curate_module
 from autarky.data import executor as executor_module
 from autarky.data.curate import curate
 from autarky.data.executor import ray_session
+from tests.conftest import cli_env
 
 ray = pytest.importorskip("ray")
 
@@ -76,7 +79,7 @@ def where(_: int) -> str:
 @pytest.mark.timeout(60)
 def test_two_node_cluster_makes_the_local_pools_corpus(tmp_path, monkeypatch, two_nodes):
     """`--ray-address` of an existing cluster: its two nodes both run tasks, and the corpus is the one
-    the local process pool makes, byte for byte."""
+    the local process pool makes, byte for byte, through the API and through the CLI."""
     monkeypatch.setattr(curate_module, "TASK_FILES", 3)
     src = write_sources(tmp_path / "src")
     with ray_session(2, two_nodes.address) as session:
@@ -90,6 +93,16 @@ def test_two_node_cluster_makes_the_local_pools_corpus(tmp_path, monkeypatch, tw
     assert on_cluster.id == local.id
     assert not ray.is_initialized()  # the run leaves the cluster, and leaves it running
     assert all(node.remaining_processes_alive() for node in two_nodes.list_all_nodes())
+    # as a user runs it: the cluster's address is not loopback, so outside the network namespace
+    command = ["--no-isolate", "curate", str(src), "--engine", "ray", "--ray-address", two_nodes.address]
+    run = subprocess.run(
+        [sys.executable, "-m", "autarky.cli", *command, "--json"],
+        env=cli_env(tmp_path / "cli"),
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["id"] == local.id
 
 
 def free_port() -> int:
