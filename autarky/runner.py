@@ -142,9 +142,11 @@ def open_runner(
     context: int | None = None,
     threads: int = 0,
     batch: int = 512,
+    spare: int = 0,
 ) -> Runner:
     """A runner for the model directory: `engine` torch, llama.cpp (on its GGUF export, made now if
-    missing) or auto. Under auto, a model llama.cpp cannot take is run by PyTorch, with a note."""
+    missing) or auto. Under auto, a model llama.cpp cannot take is run by PyTorch, with a note.
+    `spare`: cores llama.cpp leaves to other work while it decodes one token at a time (a server's)."""
     from autarky import llamacpp
     from autarky.serve.precision import check_dtype, load_model
 
@@ -155,7 +157,7 @@ def open_runner(
     if chosen == "llama.cpp":
         try:
             gguf = llamacpp.gguf_for(Path(model_path), dtype)
-            return llamacpp.LlamaCppRunner(gguf, slots, context, threads, batch)
+            return llamacpp.LlamaCppRunner(gguf, slots, context, threads, batch, spare)
         except UserError as e:
             if engine != "auto":
                 raise

@@ -196,6 +196,7 @@ def build_app(model_path: Path, config: ServeConfig):
         context=config.max_model_len,
         threads=config.threads,
         batch=max(config.prefill_chunk, config.slots),
+        spare=1,  # the HTTP side's core
     )
     engine = Engine(runner, tokenizer, prefill_chunk=config.prefill_chunk)
     settings = Settings(
