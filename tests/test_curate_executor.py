@@ -82,3 +82,22 @@ def test_ray_starts_on_loopback_and_ignores_ray_address(monkeypatch):
         pass
     assert calls["init"]["address"] == "10.0.0.5:6379"
     assert calls["asked"] == ("10.0.0.5:6379", 2000)  # asked first whether it answers, in seconds
+
+
+def test_a_cluster_that_refuses_the_run_is_one_sentence(monkeypatch):
+    """Ray's many-line refusal (another Ray or Python version) is one sentence, not a traceback."""
+    fake_ray(monkeypatch)
+    ray = sys.modules["ray"]
+
+    def refuse(**kwargs):
+        raise RuntimeError(
+            "Version mismatch: The cluster was started with:\n    Ray: 2.9.0\n    Python: 3.10"
+        )
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(UserError) as refused, ray_session(3, "10.0.0.5:6379"):
+        pass
+    assert str(refused.value) == (
+        "the Ray cluster at 10.0.0.5:6379 did not take this run: "
+        "Version mismatch: The cluster was started with: Ray: 2.9.0 Python: 3.10"
+    )

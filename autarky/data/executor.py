@@ -111,7 +111,11 @@ def ray_session(workers: int, address: str = "") -> Iterator[Any]:
         return
     if address:
         _check_answers(address)
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError) as e:  # another Ray or Python version, a cluster going down
+            reason = " ".join(str(e).split())[:300] or type(e).__name__  # Ray's lines, as one
+            raise UserError(f"the Ray cluster at {address} did not take this run: {reason}") from None
     else:
         _start_loopback_ray(ray, workers)
     try:
