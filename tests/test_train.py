@@ -553,3 +553,58 @@ def test_a_finished_model_trains_more_from_its_weights_with_init(pipeline, train
     assert more.name != trained.name and trained.id in [i["id"] for i in more.manifest["inputs"]]
     # it starts where the finished model ended, not from random weights
     assert more.metrics["initial_val_loss"] == pytest.approx(trained.metrics["val_loss"], abs=1e-4)
+
+
+def test_muon_trains_and_a_stopped_run_resumes_to_the_same_model(pipeline, monkeypatch):
+    """--optimizer muon: the loss falls as with AdamW, and a Ctrl-C at step 23 resumed gives the very
+    model of a run never stopped (Muon's momentum is in the checkpoint)."""
+    import signal
+
+    from autarky.train import pretrain
+    from autarky.train.checkpoint import Interrupted
+
+    config = dict(TINY_TRAIN, optimizer="muon")
+    whole = train(pipeline.tokens, pipeline.workdir, TrainConfig(**config), name="muon-whole")
+    assert whole.config["optimizer"] == "muon"
+    assert whole.metrics["val_loss"] < whole.metrics["initial_val_loss"] - 0.5
+    get_batch = pretrain.get_batch
+
+    def ctrl_c_during_step_22(data, seed, step, micro, *args):
+        if (step, micro) == (23, 0):
+            signal.raise_signal(signal.SIGINT)
+        return get_batch(data, seed, step, micro, *args)
+
+    monkeypatch.setattr(pretrain, "get_batch", ctrl_c_during_step_22)
+    with pytest.raises(Interrupted):
+        train(pipeline.tokens, pipeline.workdir, TrainConfig(**config), name="muon-stopped")
+    monkeypatch.setattr(pretrain, "get_batch", get_batch)
+    resumed = train(
+        pipeline.tokens, pipeline.workdir, TrainConfig(**config), name="muon-stopped", resume=True
+    )
+    assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]
+    assert resumed.metrics["final_train_loss"] == whole.metrics["final_train_loss"]
+
+
+def test_precision_auto_is_decided_by_the_hardware_and_recorded(trained, monkeypatch):
+    from autarky import machine
+
+    assert trained.config["precision"] in ("fp32", "bf16")  # auto never reaches the manifest
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(machine, "native_bf16", lambda: False)
+    assert machine.training_precision("auto")[0] == "fp32"
+    monkeypatch.setattr(machine, "native_bf16", lambda: True)
+    monkeypatch.setattr(machine, "bf16_speedup", lambda: 3.0)
+    assert machine.training_precision("auto") == (
+        "bf16",
+        "native bf16 on this CPU, 3.0x fp32's matmul speed in a probe",
+    )
+    monkeypatch.setattr(machine, "bf16_speedup", lambda: 1.0)
+    assert machine.training_precision("auto")[0] == "fp32"
+    assert machine.training_precision("fp32")[0] == "fp32" and machine.training_precision("bf16")[0] == "bf16"
+    config = TrainConfig(precision="auto")
+    from autarky.train.loop import settle_precision
+
+    settle_precision(config)
+    assert config.precision == "fp32" and "precision" in config.recipe()

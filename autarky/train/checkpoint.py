@@ -26,6 +26,16 @@ CHECKPOINT = "checkpoint.safetensors"
 PICKLED_CHECKPOINT = "checkpoint.pt"  # what autarky once wrote; never loaded, as unpickling runs code
 HISTORY = "metrics.jsonl"
 ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")
+MUON_STATE = ("momentum_buffer",)
+
+
+def state_keys(optimizer: torch.optim.Optimizer) -> dict[int, tuple[str, ...]]:
+    """The state each parameter (by id) has once a step is taken: Muon's momentum, or AdamW's moments."""
+    return {
+        id(p): MUON_STATE if group.get("muon") else ADAMW_STATE
+        for group in optimizer.param_groups
+        for p in group["params"]
+    }
 
 
 def save_checkpoint(
@@ -63,10 +73,13 @@ def load_checkpoint(
     step, elapsed = _check_header(path, header, config)
     params = dict(model.named_parameters())
     expected = {f"model/{n}": (p.shape, p.dtype) for n, p in params.items()}
-    if step > 0:  # AdamW has state for every parameter once a step is taken
+    keys = state_keys(optimizer)
+    if step > 0:  # the optimizer has state for every parameter once a step is taken
         for n, p in params.items():
-            expected |= {f"optimizer/{n}/{k}": (p.shape, p.dtype) for k in ADAMW_STATE[1:]}
-            expected[f"optimizer/{n}/step"] = (torch.Size([]), torch.float32)
+            for k in keys.get(id(p), ()):
+                expected[f"optimizer/{n}/{k}"] = (
+                    (torch.Size([]), torch.float32) if k == "step" else (p.shape, p.dtype)
+                )
     _check_tensors(path, tensors, expected)
     with torch.no_grad():
         for n, p in params.items():
@@ -76,7 +89,7 @@ def load_checkpoint(
         state = optimizer.state_dict()
         ordered = [p for group in optimizer.param_groups for p in group["params"]]
         state["state"] = {
-            i: {k: tensors[f"optimizer/{names[id(p)]}/{k}"] for k in ADAMW_STATE}
+            i: {k: tensors[f"optimizer/{names[id(p)]}/{k}"] for k in keys[id(p)]}
             for i, p in enumerate(ordered)
         }
         optimizer.load_state_dict(state)

@@ -44,7 +44,17 @@ class TrainConfig:
         5.0, help="Also checkpoint when this many minutes have passed since the last one (0: by steps only)."
     )
     seed: int = setting(1337, help="Seeds the initial weights and the choice of every batch.")
-    precision: str = setting("fp32", help="fp32, or bf16 autocast.")
+    precision: str = setting(
+        "auto",
+        help="fp32, bf16 autocast, or auto: bf16 where the hardware computes it natively and faster "
+        "(a GPU with bf16, a CPU with AVX-512 BF16 or AMX), fp32 elsewhere. The manifest records the choice.",
+    )
+    optimizer: str = setting(
+        "adamw",
+        help="adamw, or muon: orthogonalised momentum for the hidden matrices (at --muon-lr), AdamW "
+        "for embeddings, head and norms (at --lr).",
+    )
+    muon_lr: float = setting(0.02, help="Muon's peak learning rate (with --optimizer muon).")
 
     def __post_init__(self) -> None:
         # Resolved here rather than defaulted, so --minutes alone is not cut short by a step cap, and
@@ -59,8 +69,12 @@ class TrainConfig:
     def validate(self) -> None:
         if self.schedule not in ("cosine", "wsd"):
             raise UserError(f"unknown schedule {self.schedule!r}; choose cosine or wsd")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UserError(f"unknown --precision {self.precision!r}; choose auto, fp32 or bf16")
+        if self.optimizer not in ("adamw", "muon"):
+            raise UserError(f"unknown --optimizer {self.optimizer!r}; choose adamw or muon")
+        if self.muon_lr <= 0:
+            raise UserError("--muon-lr must be positive")
         if (self.max_steps is not None and self.max_steps < 1) or self.batch_size < 1 or self.grad_accum < 1:
             raise UserError("--max-steps, --batch-size and --grad-accum must be at least 1")
         if self.seq_len < 2:
@@ -125,6 +139,8 @@ class SFTConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.lora_rank and self.optimizer == "muon":
+            raise UserError("--optimizer muon is for full fine-tuning; LoRA adapters train with AdamW")
         if self.lora_rank < 0 or self.lora_alpha <= 0:
             raise UserError(
                 "--lora must be 0 (full fine-tuning) or a positive rank, and --lora-alpha positive"

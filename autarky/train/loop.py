@@ -27,6 +27,7 @@ from torch import nn
 
 from autarky.console import console
 from autarky.console import progress as progress_bar
+from autarky.machine import training_precision
 from autarky.train.config import TrainConfig, lr_at
 from autarky.train.plan import estimate
 
@@ -62,6 +63,14 @@ def run_metrics(progress: Progress, config: TrainConfig) -> dict:
     }
 
 
+def settle_precision(config: TrainConfig) -> None:
+    """Make `--precision auto` concrete for this machine before the recipe is hashed, so the
+    manifest names what was computed, and say why."""
+    if config.precision == "auto":
+        config.precision, why = training_precision("auto")
+        console.print(f"precision {config.precision}: {why} (--precision fp32 or bf16 forces one)")
+
+
 def autocast_for(precision: str, device: torch.device) -> Callable[[], AbstractContextManager]:
     """A context factory for the forward pass: bf16 autocast, or nothing for fp32."""
     if precision == "bf16":
@@ -87,6 +96,7 @@ def fit(
     there and raises KeyboardInterrupt, so `--resume` takes the very steps it would have taken.
     """
     device = next(model.parameters()).device
+    settle_precision(config)
     autocast = autocast_for(config.precision, device)
     first, step, history = progress.step, progress.step, progress.history
     session = Session(config, progress.elapsed, first)

@@ -105,3 +105,12 @@ def muon_groups(model: nn.Module, weight_decay: float, lr_scale: float) -> list[
         {"params": embeddings, "weight_decay": weight_decay},
         {"params": flat, "weight_decay": 0.0},
     ]
+
+
+def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
+    """The optimizer a TrainConfig names: AdamW (decay on matrices only), or Muon with AdamW beside it."""
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "muon":
+        groups = muon_groups(model, config.weight_decay, config.muon_lr / config.lr)
+        return Muon(groups, lr=config.lr, betas=betas)
+    return model.configure_optimizer(config.lr, config.weight_decay, betas)

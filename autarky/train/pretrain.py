@@ -43,7 +43,8 @@ from autarky.train.checkpoint import (
     save_checkpoint,
 )
 from autarky.train.config import TrainConfig
-from autarky.train.loop import Batches, Progress, autocast_for, fit, run_metrics
+from autarky.train.loop import Batches, Progress, autocast_for, fit, run_metrics, settle_precision
+from autarky.train.muon import make_optimizer
 from autarky.train.plan import plan_of, size_line, size_warning, steps_line
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -82,6 +83,7 @@ def train(
     """Train a model on a tokens artifact (from scratch, or from `init`'s weights) into a model artifact."""
     config = config or TrainConfig()
     config.validate()
+    settle_precision(config)
     upstream = tokens.inputs("tokenizer")
     if not upstream:
         raise UserError(f"{tokens.path} names no tokenizer among its inputs")
@@ -190,7 +192,7 @@ def prepare(
         )
     device = best_device()
     model.to(device).train()
-    optimizer = model.configure_optimizer(config.lr, config.weight_decay, (config.beta1, config.beta2))
+    optimizer = make_optimizer(model, config)
     progress = Progress()
     if resume and (run_dir / CHECKPOINT).exists():
         progress.step, progress.elapsed = load_checkpoint(run_dir / CHECKPOINT, model, optimizer, config)

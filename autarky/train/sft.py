@@ -50,7 +50,8 @@ from autarky.train.checkpoint import (
     save_checkpoint,
 )
 from autarky.train.config import SFTConfig
-from autarky.train.loop import Progress, autocast_for, fit, run_metrics
+from autarky.train.loop import Progress, autocast_for, fit, run_metrics, settle_precision
+from autarky.train.muon import make_optimizer
 from autarky.train.plan import plan_of, size_line, steps_line
 from autarky.train.pretrain import (
     TOKENIZER_FILES,
@@ -203,6 +204,7 @@ def sft(
     """Fine-tune a model artifact on a chat corpus artifact into a new model artifact."""
     config = config or SFTConfig()
     config.validate()
+    settle_precision(config)
     if chat.kind != "chat":
         raise UserError(f"{chat.path} is a {chat.kind}; sft learns from a chat corpus (autarky curate-chat)")
     recipe = config.recipe()
@@ -288,7 +290,7 @@ def adapt(lm: Llama, config: SFTConfig, device: torch.device) -> tuple[nn.Module
     betas = (config.beta1, config.beta2)
     if not config.lora_rank:
         lm.to(device).train()
-        return lm, lm.configure_optimizer(config.lr, config.weight_decay, betas)
+        return lm, make_optimizer(lm, config)
     torch.manual_seed(config.seed)  # the adapters' initial values
     adapters = add_lora(lm, config.lora_rank, config.lora_alpha)
     lm.to(device).train()
