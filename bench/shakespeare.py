@@ -35,6 +35,8 @@ from torch import nn
 from autarky.evaluate import bits_per_byte, token_byte_lengths
 from autarky.model import Llama, ModelConfig
 from autarky.train import Progress, TrainConfig, fit, get_batch
+from autarky.train.loop import settle_precision
+from autarky.train.muon import make_optimizer
 
 TARGET_BPB = 2.72
 TARGET_SECONDS = 55.0
@@ -61,6 +63,11 @@ def parse_args() -> argparse.Namespace:
         "--eval-tokens", type=int, default=8192, help="validation tokens scored at each evaluation"
     )
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="as `autarky train`'s"
+    )
+    p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw", help="as `autarky train`'s")
+    p.add_argument("--muon-lr", type=float, default=0.02)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     return p.parse_args()
 
@@ -125,6 +132,9 @@ def build(args: argparse.Namespace, vocab_size: int, special_ids: dict) -> tuple
         eval_tokens=args.eval_tokens,
         checkpoint_interval=10**9,
         seed=args.seed,
+        precision=args.precision,
+        optimizer=args.optimizer,
+        muon_lr=args.muon_lr,
     )
     model_config = ModelConfig(
         vocab_size=vocab_size,
@@ -168,7 +178,8 @@ def main() -> None:
     )
     specials = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     model, config = build(args, tok.vocab_size, specials)
-    optimizer = model.configure_optimizer(config.lr, config.weight_decay, (config.beta1, config.beta2))
+    settle_precision(config)
+    optimizer = make_optimizer(model, config)
     print(
         f"model {model.num_params() / 1e6:.2f}M parameters, {args.batch_size}×{args.seq_len} tokens/step, "
         f"{torch.get_num_threads()} threads"
@@ -198,6 +209,8 @@ def main() -> None:
         "val_bytes_per_token": round(len(val_text.encode()) / len(val_ids), 3),
         "scored_val_bytes": unigram.bytes,
         "params": model.num_params(),
+        "precision": config.precision,
+        "optimizer": config.optimizer,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine(),
