@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from autarky import __version__, offline
-from autarky.console import UserError
+from autarky.console import UserError, console, out
 
 # What a value looks like in help: a kind a user knows, never Python's type (`<int>`, `<list[str]>`).
 METAVARS = {"int": "N", "float": "NUMBER"}
@@ -91,12 +91,34 @@ def network(
         "(default: every verb but serve). The in-process guard is on either way.",
     ),
 ) -> None:
-    """Cut the network before any thread starts: a namespace holds only the thread that enters it."""
+    """Cut the network before any thread starts: a namespace holds only the thread that enters it.
+
+    Under torchrun (WORLD_SIZE > 1) each process would enter a namespace of its own, where the
+    rendezvous and the other ranks are out of reach: the processes stay in the host's network with
+    the in-process guard (docs/distributed.md), and only rank 0 prints.
+    """
+    if torchrun_rank() is not None:
+        if torchrun_rank() != 0:
+            console.quiet = out.quiet = True
+        if isolate:
+            raise UserError(
+                "--isolate: the processes torchrun starts must reach each other; run torchrun itself "
+                "in a namespace (docs/distributed.md) or leave --isolate off"
+            )
+        return
     if isolate is False or (isolate is None and ctx.invoked_subcommand in REACHABLE_VERBS):
         return
     refused = offline.isolate()
     if refused and isolate:
         raise UserError(f"--isolate: {refused}; --no-isolate runs with the in-process guard alone")
+
+
+def torchrun_rank() -> int | None:
+    """This process's rank among the several torchrun started; None when it runs alone."""
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    except (KeyError, ValueError):
+        return None
 
 
 def workdir_option() -> Path:

@@ -10,8 +10,8 @@ from autarky.console import UserError
 from autarky.options import setting
 
 # Settings that say how a run keeps itself, not what it computes: left out of the recipe, so
-# changing one neither renames a model nor stops a run from resuming.
-RUN_SETTINGS = ("checkpoint_minutes",)
+# changing one neither renames a model nor stops a run from resuming (--shard: at another layout).
+RUN_SETTINGS = ("checkpoint_minutes", "shard")
 
 
 @dataclass
@@ -55,6 +55,11 @@ class TrainConfig:
         "for embeddings, head and norms (at --lr).",
     )
     muon_lr: float = setting(0.02, help="Muon's peak learning rate (with --optimizer muon).")
+    shard: bool = setting(
+        False,
+        help="Under torchrun: shard the model, gradients and optimizer state across the processes "
+        "(FSDP2), for a model too large for one device; without it each process holds the whole model (DDP).",
+    )
 
     def __post_init__(self) -> None:
         # Resolved here rather than defaulted, so --minutes alone is not cut short by a step cap, and

@@ -29,6 +29,7 @@ from autarky.console import console
 from autarky.console import progress as progress_bar
 from autarky.machine import training_precision
 from autarky.train.config import TrainConfig, lr_at
+from autarky.train.distributed import Group
 from autarky.train.plan import estimate
 
 LOG_INTERVAL = 10
@@ -87,6 +88,7 @@ def fit(
     progress: Progress,
     log: Callable[[list[dict]], None] = lambda records: None,
     checkpoint: Callable[[int, float], None] = lambda step, elapsed: None,
+    ranks: Group | None = None,
 ) -> Progress:
     """Train from `progress` until `config.max_steps` or the `config.minutes` budget; return where it ended.
 
@@ -94,7 +96,11 @@ def fit(
     checkpoints whenever due, the last step included, and only then leaves or takes a step. Ctrl-C
     is taken at the loop top too, where the model and optimizer are whole: the run checkpoints
     there and raises KeyboardInterrupt, so `--resume` takes the very steps it would have taken.
+    Under torchrun, `ranks` (distributed.py) says which rows of each step are this rank's, averages
+    the logged loss over ranks and has every rank agree on what the clock and Ctrl-C decide.
     """
+    ranks = ranks or Group(rows=config.batch_size, micro_batches=config.grad_accum)
+    accum = ranks.micro_batches
     device = next(model.parameters()).device
     settle_precision(config)
     autocast = autocast_for(config.precision, device)
@@ -108,14 +114,15 @@ def fit(
     with progress_bar() as bar, StopRequest(bar) as stop:
         task = bar.add_task("train", total=config.max_steps, completed=step)
         while True:
-            last_step = session.fraction(step) >= 1.0
-            stopping = stop.asked and not last_step
+            fraction, asked, due = ranks.agree(session.fraction(step), stop.asked, session.checkpoint_due())
+            last_step = fraction >= 1.0
+            stopping = bool(asked) and not last_step
             pending.append({"step": step, **trained})
             evaluate_now = (last_step or step % config.eval_interval == 0) and not (
                 (evaluated and step == first) or stopping
             )
             save_now = step > first and (
-                last_step or stopping or step % config.checkpoint_interval == 0 or session.checkpoint_due()
+                last_step or stopping or step % config.checkpoint_interval == 0 or bool(due)
             )
             if evaluate_now or save_now or last_step or step % LOG_INTERVAL == 0:
                 records = read_back(pending)  # the host waits for the device here, and only here
@@ -140,22 +147,23 @@ def fit(
             if stopping:
                 raise KeyboardInterrupt
 
-            lr = lr_at(config, step, session.fraction(step))
+            lr = lr_at(config, step, ranks.agree(session.fraction(step))[0])
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
-            for micro in range(config.grad_accum):
-                with autocast():
-                    _, loss = model(x, y)
-                session.tokens += x.numel()
-                # Fetch the next micro-batch while the device computes this one's backward pass.
-                x, y = batches(step, micro + 1) if micro + 1 < config.grad_accum else batches(step + 1, 0)
-                (loss / config.grad_accum).backward()
+            for micro in range(accum):
+                with ranks.sync(last=micro + 1 == accum):
+                    with autocast():
+                        _, loss = model(x, y)
+                    session.tokens += x.numel() * ranks.world
+                    # Fetch the next micro-batch while the device computes this one's backward pass.
+                    x, y = batches(step, micro + 1) if micro + 1 < accum else batches(step + 1, 0)
+                    (loss / accum).backward()
                 loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            grad_norm = ranks.whole(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            trained = {"loss": loss_sum / config.grad_accum, "lr": lr, "grad_norm": grad_norm}
+            trained = {"loss": ranks.mean(loss_sum / accum), "lr": lr, "grad_norm": grad_norm}
             step += 1
             bar.update(task, completed=step, total=session.total(step))
     return Progress(step, session.elapsed(), history, session.rate if session.tokens else None)

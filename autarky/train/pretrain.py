@@ -27,22 +27,20 @@ from autarky import artifact
 from autarky.artifact import Artifact, sha256_file
 from autarky.console import UserError, console
 from autarky.evaluate import bits_per_byte, token_byte_lengths
-from autarky.machine import best_device
 from autarky.model import Llama, load_pretrained, preset_config, save_pretrained
 from autarky.tokenizer import Tokenizer
 from autarky.tokens import load_tokens
+from autarky.train import distributed
 from autarky.train.checkpoint import (
     CHECKPOINT,
     HISTORY,
     PICKLED_CHECKPOINT,
     Interrupted,
-    checkpoint_step,
     history_log,
-    load_checkpoint,
     read_history,
-    save_checkpoint,
 )
 from autarky.train.config import TrainConfig
+from autarky.train.distributed import CHECKPOINT_DIR, CHECKPOINTS, RETIRED, saved_step
 from autarky.train.loop import Batches, Progress, autocast_for, fit, run_metrics, settle_precision
 from autarky.train.muon import make_optimizer
 from autarky.train.plan import plan_of, size_line, size_warning, steps_line
@@ -51,11 +49,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def get_batch(
-    data: np.ndarray, seed: int, step: int, micro: int, batch_size: int, seq_len: int
+    data: np.ndarray,
+    seed: int,
+    step: int,
+    micro: int,
+    batch_size: int,
+    seq_len: int,
+    rows: slice = slice(None),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows chosen by (seed, step, micro) alone, so a resumed run sees the same batches."""
+    """Random windows chosen by (seed, step, micro) alone, so a resumed run sees the same batches;
+    `rows` of them only (a rank's share, when several processes train)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro)
-    ix = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=g).tolist()
+    ix = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=g)[rows].tolist()
     chunk = torch.from_numpy(np.stack([data[i : i + seq_len + 1].astype(np.int64) for i in ix]))
     return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
 
@@ -69,6 +74,7 @@ class Run:
     batches: Batches
     evaluate: Callable[[], dict[str, float]]
     progress: Progress
+    group: distributed.Group
 
 
 def train(
@@ -83,7 +89,22 @@ def train(
     """Train a model on a tokens artifact (from scratch, or from `init`'s weights) into a model artifact."""
     config = config or TrainConfig()
     config.validate()
-    settle_precision(config)
+    with distributed.launched(config) as group:
+        # the probe of `auto` is timed: rank 0's choice is every rank's, so they train alike
+        config.precision = group.first(lambda: settle_precision(config) or config.precision)
+        return _train(tokens, workdir, config, name, resume, force, init, group)
+
+
+def _train(
+    tokens: Artifact,
+    workdir: Path,
+    config: TrainConfig,
+    name: str | None,
+    resume: bool,
+    force: bool,
+    init: Artifact | None,
+    group: distributed.Group,
+) -> Artifact:
     upstream = tokens.inputs("tokenizer")
     if not upstream:
         raise UserError(f"{tokens.path} names no tokenizer among its inputs")
@@ -95,12 +116,9 @@ def train(
         artifact.compose_name(source, config.preset), "model", recipe, inputs
     )
     builder = artifact.Builder(workdir, "model", name, recipe, inputs, keep_on_error=True)
-    if not force:
-        refuse_to_change(builder, f"autarky train {tokens.name} --init {name}")
-    if (found := builder.existing(force=force)) is not None:
-        console.print(f"reusing finished model {found.path}")
+    if found := group.first(lambda: finished(builder, force, f"autarky train {tokens.name} --init {name}")):
         return found
-    if not (builder.dir / CHECKPOINT).exists() and (others := other_budgets(workdir, recipe, inputs)):
+    if saved_step(builder.dir) is None and (others := other_budgets(workdir, recipe, inputs)):
         other = others[0]
         console.print(
             f"note: {other.name} was trained from the same inputs and settings for another budget; this "
@@ -109,17 +127,36 @@ def train(
             soft_wrap=True,
         )
     with interruptible(builder.dir):
-        run = prepare(builder.dir, tokens, tokenizer, config, resume, force, init)
+        run = prepare(builder.dir, tokens, tokenizer, config, resume, force, init, group)
         with builder:
-            log = history_log(builder.dir, run.progress.history)
+            log = history_log(builder.dir, run.progress.history) if group.main else lambda records: None
 
             def checkpoint(step: int, elapsed: float) -> None:
-                save_checkpoint(builder.dir / CHECKPOINT, run.model, run.optimizer, step, elapsed, config)
+                distributed.save(builder.dir, run.model, run.optimizer, step, elapsed, config, group)
 
             progress = fit(
-                run.model, run.optimizer, run.batches, run.evaluate, config, run.progress, log, checkpoint
+                group.wrapped,
+                run.optimizer,
+                run.batches,
+                run.evaluate,
+                config,
+                run.progress,
+                log,
+                checkpoint,
+                group,
             )
-            return seal(builder, run.model, tokenizer, config, progress)
+            whole = group.gathered(run.model)
+            return group.first(lambda: seal(builder, whole, tokenizer, config, progress))
+
+
+def finished(builder: artifact.Builder, force: bool, train_more: str) -> Artifact | None:
+    """The finished model of this very recipe, if there is one (and a refusal where another is in
+    its place); rank 0 alone decides, as it may clear the way."""
+    if not force:
+        refuse_to_change(builder, train_more)
+    if (found := builder.existing(force=force)) is not None:
+        console.print(f"reusing finished model {found.path}")
+    return found
 
 
 def refuse_to_change(builder: artifact.Builder, train_more: str) -> None:
@@ -163,7 +200,7 @@ def interruptible(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as e:
-        raise Interrupted(run_dir, checkpoint_step(run_dir / CHECKPOINT)) from e
+        raise Interrupted(run_dir, saved_step(run_dir)) from e
 
 
 def prepare(
@@ -174,9 +211,10 @@ def prepare(
     resume: bool,
     force: bool,
     init: Artifact | None,
+    group: distributed.Group,
 ) -> Run:
     """Settle the run directory, load the token arrays, build the model and optimizer, resume if asked."""
-    settle_run_dir(run_dir, resume, force)
+    group.first(lambda: settle_run_dir(run_dir, resume, force))
     train_data, val_data = load_tokens(tokens, "train"), load_tokens(tokens, "val")
     if len(train_data) <= config.seq_len + 1:
         raise UserError(
@@ -190,17 +228,18 @@ def prepare(
         raise UserError(
             f"--seq-len {config.seq_len} exceeds the model's context of {model.config.max_position_embeddings}"
         )
-    device = best_device()
+    device = group.device
     model.to(device).train()
+    group.wrap(model)
     optimizer = make_optimizer(model, config)
     progress = Progress()
-    if resume and (run_dir / CHECKPOINT).exists():
-        progress.step, progress.elapsed = load_checkpoint(run_dir / CHECKPOINT, model, optimizer, config)
+    if resume and (resumed := distributed.load(run_dir, model, optimizer, config, group)):
+        progress.step, progress.elapsed = resumed
         console.print(f"resuming {run_dir} at step {progress.step}")
     progress.history = read_history(run_dir / HISTORY, progress.step)
 
-    def batches(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = get_batch(train_data, config.seed, step, micro, config.batch_size, config.seq_len)
+    def batches(step: int, micro: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = get_batch(train_data, config.seed, step, micro, config.batch_size, config.seq_len, rows)
         if device.type == "cuda":  # pinned memory lets the copy overlap the device's work
             x, y = x.pin_memory(), y.pin_memory()
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -218,7 +257,7 @@ def prepare(
     console.print(steps_line(plan))
     if warning := size_warning(plan):
         console.print(f"[bold yellow]warning:[/] {warning}")
-    return Run(model, optimizer, batches, evaluate, progress)
+    return Run(model, optimizer, group.batches(batches), evaluate, progress, group)
 
 
 def settle_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
@@ -230,7 +269,7 @@ def settle_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     if not run_dir.exists():
         return
     if not resume:
-        if force or not any((run_dir / f).exists() for f in (CHECKPOINT, PICKLED_CHECKPOINT)):
+        if force or not any((run_dir / f).exists() for f in (*CHECKPOINTS, PICKLED_CHECKPOINT)):
             shutil.rmtree(run_dir)
             return
         raise UserError(
@@ -241,11 +280,11 @@ def settle_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
             f"{run_dir} holds {PICKLED_CHECKPOINT}, a pickled checkpoint, which autarky never loads "
             "(unpickling can run any code); delete the run directory or pass --force to start over"
         )
-    if not (run_dir / CHECKPOINT).exists():
+    if not any((run_dir / f).exists() for f in CHECKPOINTS):
         shutil.rmtree(run_dir)
         return
     for path in run_dir.iterdir():
-        if path.name not in (CHECKPOINT, HISTORY):
+        if path.name not in (*CHECKPOINTS, HISTORY):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
@@ -289,8 +328,15 @@ def seal(
     }
     # A sealed model holds weights, not optimizer state: a third of the bytes, and identical runs,
     # resumed or not, give identical files and so the same id.
-    (directory / CHECKPOINT).unlink(missing_ok=True)
+    drop_checkpoints(directory)
     return builder.finish()
+
+
+def drop_checkpoints(directory: Path) -> None:
+    """A sealed model keeps no checkpoint, of either kind."""
+    (directory / CHECKPOINT).unlink(missing_ok=True)
+    for name in (CHECKPOINT_DIR, RETIRED):
+        shutil.rmtree(directory / name, ignore_errors=True)
 
 
 def plot_losses(history: list[dict], path: Path) -> None:

@@ -41,13 +41,11 @@ from autarky.lora import add_lora, merge_lora, save_adapter
 from autarky.machine import best_device
 from autarky.model import Llama, load_pretrained, save_pretrained
 from autarky.tokenizer import Tokenizer
+from autarky.train import distributed
 from autarky.train.checkpoint import (
-    CHECKPOINT,
     HISTORY,
     history_log,
-    load_checkpoint,
     read_history,
-    save_checkpoint,
 )
 from autarky.train.config import SFTConfig
 from autarky.train.loop import Progress, autocast_for, fit, run_metrics, settle_precision
@@ -55,9 +53,10 @@ from autarky.train.muon import make_optimizer
 from autarky.train.plan import plan_of, size_line, steps_line
 from autarky.train.pretrain import (
     TOKENIZER_FILES,
+    drop_checkpoints,
+    finished,
     interruptible,
     plot_losses,
-    refuse_to_change,
     settle_run_dir,
 )
 
@@ -204,28 +203,44 @@ def sft(
     """Fine-tune a model artifact on a chat corpus artifact into a new model artifact."""
     config = config or SFTConfig()
     config.validate()
-    settle_precision(config)
     if chat.kind != "chat":
         raise UserError(f"{chat.path} is a {chat.kind}; sft learns from a chat corpus (autarky curate-chat)")
+    if config.shard and config.lora_rank:
+        raise UserError(
+            "--shard fine-tunes the whole model; with --lora leave --shard off (the adapters are small)"
+        )
+    with distributed.launched(config) as group:
+        # the probe of `auto` is timed: rank 0's choice is every rank's, so they train alike
+        config.precision = group.first(lambda: settle_precision(config) or config.precision)
+        return _sft(model, chat, workdir, config, name, resume, force, group)
+
+
+def _sft(
+    model: Artifact,
+    chat: Artifact,
+    workdir: Path,
+    config: SFTConfig,
+    name: str | None,
+    resume: bool,
+    force: bool,
+    group: distributed.Group,
+) -> Artifact:
     recipe = config.recipe()
     prefix = f"{model.name}-{'lora' if config.lora_rank else 'sft'}"
     name = name or artifact.default_name(prefix, "model", recipe, [model, chat])
     builder = artifact.Builder(workdir, "model", name, recipe, [model, chat], keep_on_error=True)
-    if not force:
-        refuse_to_change(builder, f"autarky sft {name} {chat.name}")
-    if (found := builder.existing(force=force)) is not None:
-        console.print(f"reusing finished model {found.path}")
+    if found := group.first(lambda: finished(builder, force, f"autarky sft {name} {chat.name}")):
         return found
     with interruptible(builder.dir):
-        run = prepare(builder.dir, model, chat, config, resume, force)
+        run = prepare(builder.dir, model, chat, config, resume, force, group)
         with builder:
-            log = history_log(builder.dir, run.progress.history)
+            log = history_log(builder.dir, run.progress.history) if group.main else lambda records: None
 
             def checkpoint(step: int, elapsed: float) -> None:
-                save_checkpoint(builder.dir / CHECKPOINT, run.trainable, run.optimizer, step, elapsed, config)
+                distributed.save(builder.dir, run.trainable, run.optimizer, step, elapsed, config, group)
 
             progress = fit(
-                PackedLM(run.lm),
+                group.wrapped,
                 run.optimizer,
                 run.batches,
                 run.evaluate,
@@ -233,16 +248,27 @@ def sft(
                 run.progress,
                 log,
                 checkpoint,
+                group,
             )
-            return seal(builder, run, model, config, progress)
+            run.lm = group.gathered(run.lm)
+            return group.first(lambda: seal(builder, run, model, config, progress))
 
 
 def prepare(
-    run_dir: Path, model: Artifact, chat: Artifact, config: SFTConfig, resume: bool, force: bool
+    run_dir: Path,
+    model: Artifact,
+    chat: Artifact,
+    config: SFTConfig,
+    resume: bool,
+    force: bool,
+    group: distributed.Group | None = None,
 ) -> Run:
     """Settle the run directory, render and pack the conversations, load the model (with adapters),
     build the optimizer, resume if asked."""
-    settle_run_dir(run_dir, resume, force)
+    group = group or distributed.Group(
+        device=best_device(), rows=config.batch_size, micro_batches=config.grad_accum
+    )
+    group.first(lambda: settle_run_dir(run_dir, resume, force))
     if not (model.path / "tokenizer.json").is_file():
         raise UserError(f"{model.path} has no tokenizer.json, so its chat template is unknown")
     tokenizer = Tokenizer.load(model.path)
@@ -252,11 +278,11 @@ def prepare(
     val_rows = load_rows(tokenizer, chat, "val", config.seq_len, None)
     if not (train_rows.targets != IGNORE).any():
         raise UserError(f"no assistant token of {chat.name} fits in --seq-len {config.seq_len}")
-    device, total = best_device(), lm.num_params()
-    trainable, optimizer = adapt(lm, config, device)
+    device, total = group.device, lm.num_params()
+    trainable, optimizer = adapt(lm, config, device, group)
     progress = Progress()
-    if resume and (run_dir / CHECKPOINT).exists():
-        progress.step, progress.elapsed = load_checkpoint(run_dir / CHECKPOINT, trainable, optimizer, config)
+    if resume and (resumed := distributed.load(run_dir, trainable, optimizer, config, group)):
+        progress.step, progress.elapsed = resumed
         console.print(f"resuming {run_dir} at step {progress.step}")
     progress.history = read_history(run_dir / HISTORY, progress.step)
     token_bytes, autocast = token_byte_lengths(tokenizer), autocast_for(config.precision, device)
@@ -277,7 +303,7 @@ def prepare(
         lm,
         trainable,
         optimizer,
-        make_batches(train_rows, config, device),
+        group.batches(make_batches(train_rows, config, device)),
         evaluate,
         progress,
         train_rows,
@@ -285,15 +311,20 @@ def prepare(
     )
 
 
-def adapt(lm: Llama, config: SFTConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """What trains, on `device`, and its optimizer: the whole model, or adapters beside a frozen one."""
-    betas = (config.beta1, config.beta2)
+def adapt(
+    lm: Llama, config: SFTConfig, device: torch.device, group: distributed.Group | None = None
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """What trains, on `device`, and its optimizer: the whole model, or adapters beside a frozen one;
+    wrapped for the processes torchrun started before the optimizer takes its parameters."""
+    betas, group = (config.beta1, config.beta2), group or distributed.Group()
     if not config.lora_rank:
         lm.to(device).train()
+        group.wrap(PackedLM(lm))
         return lm, make_optimizer(lm, config)
     torch.manual_seed(config.seed)  # the adapters' initial values
     adapters = add_lora(lm, config.lora_rank, config.lora_alpha)
     lm.to(device).train()
+    group.wrap(PackedLM(lm))
     optimizer = torch.optim.AdamW(
         adapters.parameters(), config.lr, betas, weight_decay=config.weight_decay, foreach=True
     )
@@ -326,10 +357,10 @@ def make_batches(rows: Rows, config: SFTConfig, device: torch.device):
             len(rows), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         )
 
-    def batches(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batches(step: int, micro: int, share: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         first = (step * config.grad_accum + micro) * config.batch_size
         picks = torch.stack(
-            [order(i // len(rows))[i % len(rows)] for i in range(first, first + config.batch_size)]
+            [order(i // len(rows))[i % len(rows)] for i in range(first, first + config.batch_size)[share]]
         )
         x, targets, segments = rows.batch(picks)
         y = torch.stack([targets, segments], dim=1)
@@ -383,5 +414,5 @@ def seal(
         "epochs": round(progress.step * config.batch_size * config.grad_accum / len(rows), 3),
         **run_metrics(progress, config),
     }
-    (directory / CHECKPOINT).unlink(missing_ok=True)
+    drop_checkpoints(directory)
     return builder.finish()
