@@ -56,6 +56,10 @@ def test_bits_per_byte_counts_each_target_once_and_special_tokens_not_at_all():
 
 
 def test_training_reports_the_same_bits_per_byte_as_the_sealed_model_scores(pipeline, trained, tok):
+    """Scored as training scored it: with the precision its manifest records (bf16 autocast where
+    `--precision auto` chose it on this machine)."""
+    from autarky.train.loop import autocast_for
+
     score = bits_per_byte(
         load_pretrained(trained.path),
         load_tokens(pipeline.tokens, "val"),
@@ -63,6 +67,7 @@ def test_training_reports_the_same_bits_per_byte_as_the_sealed_model_scores(pipe
         seq_len=TINY_TRAIN["seq_len"],
         max_tokens=TINY_TRAIN["eval_tokens"],
         batch_size=TINY_TRAIN["batch_size"],
+        autocast=autocast_for(trained.config["precision"], torch.device("cpu")),
     )
     assert trained.metrics["val_bpb"] == pytest.approx(score.bpb, rel=1e-6)
     assert trained.metrics["val_loss"] == pytest.approx(score.loss, rel=1e-6)

@@ -165,13 +165,15 @@ def test_the_cli_hands_its_options_to_the_stage(monkeypatch, tmp_path):
         seen.update(model=model, config=config)
         return SimpleNamespace(path=tmp_path, metrics={"bytes": 1})
 
+    model = SimpleNamespace(name="m")
     monkeypatch.setattr("autarky.gguf.export", stage)
-    monkeypatch.setattr("autarky.cli.artifact.resolve", lambda *a: "the model")
+    monkeypatch.setattr("autarky.cli.chain.inputs", lambda ctx, workdir, *refs: (workdir, [model]))
+    monkeypatch.setattr("autarky.cli.chain.finish", lambda *a: None)
     from autarky.cli import app
 
     result = CliRunner().invoke(app, ["export", "m", "--format", "gguf", "--dtype", "bf16"])
     assert result.exit_code == 0, result.output
-    assert seen == {"model": "the model", "config": ExportConfig(format="gguf", dtype="bf16")}
+    assert seen == {"model": model, "config": ExportConfig(format="gguf", dtype="bf16")}
 
 
 def test_the_licence_an_imported_ancestor_declared_is_the_files_licence(pipeline, trained, exports):
