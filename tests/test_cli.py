@@ -256,11 +256,11 @@ def test_version_and_shell_completion():
         [sys.executable, "-m", "autarky.cli", "--version"], capture_output=True, text=True, env=env
     )
     assert version.returncode == 0 and version.stdout.strip() == f"autarky {__version__}"
-    script = subprocess.run(
+    script = subprocess.run(  # the shell named, not detected from the process tree (CI has no shell above it)
         [sys.executable, "-m", "autarky.cli", "--show-completion", "bash"],
         capture_output=True,
         text=True,
-        env=env,
+        env={**env, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
     )
     assert script.returncode == 0 and "complete" in script.stdout, script.stderr
 
