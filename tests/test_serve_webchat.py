@@ -61,6 +61,14 @@ def test_web_chat_streams_an_answer_and_stops(page_server, tmp_path):
             page.screenshot(path=os.environ["AUTARKY_SCREENSHOT"])
         # a long answer, stopped with the button: the page says so and the conversation goes on
         page.fill("#max-tokens", "150")  # the context is 256 tokens
+        # The stream arrives slowly (2 kB/s), so the answer is still coming when Stop is pressed,
+        # however fast the engine makes it.
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send(
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 0, "downloadThroughput": 2000, "uploadThroughput": -1},
+        )
         page.fill("#input", "Go on")
         page.click("#send")
         page.wait_for_function("(document.querySelectorAll('.msg.assistant')[1] || {}).textContent > ''")
