@@ -46,6 +46,11 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", type=Path, help="tinyshakespeare's input.txt")
     p.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget, evaluation included")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        help="a step budget instead of --minutes (comparisons that machine load must not sway)",
+    )
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--d-model", type=int, default=128)
@@ -121,8 +126,8 @@ def build(args: argparse.Namespace, vocab_size: int, special_ids: dict) -> tuple
     config = TrainConfig(
         seq_len=args.seq_len,
         batch_size=args.batch_size,
-        max_steps=10**9,
-        minutes=args.minutes,
+        max_steps=args.max_steps or 10**9,
+        minutes=None if args.max_steps else args.minutes,
         lr=args.lr,
         min_lr_ratio=args.min_lr_ratio,
         warmup_steps=args.warmup_steps,
