@@ -15,6 +15,9 @@ import pytest
 
 from autarky import artifact
 from tests.conftest import cli_env
+from tests.test_sft import toy as sft_toy
+
+toy = sft_toy  # the fixture of test_sft: a chat corpus and a tiny base model
 
 SETTINGS = dict(
     preset="tiny",
@@ -187,3 +190,29 @@ def test_the_ranks_slices_are_the_one_process_batch(batch_size, grad_accum, worl
         assert len(mine) == share and all(len(batches(0, j)) == rows for j in range(group.micro_batches))
         seen += mine
     assert seen == [(m, r) for m in range(grad_accum) for r in range(batch_size)]
+
+
+def test_sft_on_two_processes_is_the_one_process_fine_tune(toy):
+    """A rank's rows hold an uneven share of the assistant tokens; the ranks still compute the one
+    process's loss, the mean over all of them."""
+    from autarky.train.config import SFTConfig
+    from autarky.train.sft import sft
+
+    settings = dict(seq_len=64, batch_size=4, max_steps=6, lr=3e-3, warmup_steps=2, eval_interval=3)
+    settings |= dict(checkpoint_interval=3, precision="fp32")
+    one = sft(toy.base, toy.chat, toy.work, SFTConfig(**settings), name="sft-one-process")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [
+        *launcher,
+        "-m",
+        "autarky",
+        "sft",
+        "base",
+        toy.chat.name,
+        "--name",
+        "sft-ddp",
+        *flags(settings),
+    ]
+    done = subprocess.run(command, env=cli_env(toy.work), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_curve(history(toy.work / "model" / "sft-ddp"), history(one.path), 1e-5)

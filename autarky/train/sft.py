@@ -30,6 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autarky import artifact
@@ -164,14 +165,27 @@ def load_rows(tokenizer: Tokenizer, chat: Artifact, split: str, seq_len: int, se
 
 class PackedLM(nn.Module):
     """The model as `fit` calls it, `model(x, y)`: `y` (B, 2, T) stacks the targets and each token's
-    conversation, which the model needs to keep packed conversations apart."""
+    conversation, which the model needs to keep packed conversations apart.
 
-    def __init__(self, lm: Llama):
+    A rank's slice of a micro-batch (torchrun) holds some of its assistant tokens, not a set share:
+    a third plane carries the whole micro-batch's count, and the loss is this slice's sum over it,
+    times the micro-batch's rows over the slice's (which the averages over ranks and micro-batches
+    divide by again), so the ranks together compute the one process's mean, however the tokens fall.
+    """
+
+    def __init__(self, lm: Llama, batch_size: int = 1):
         super().__init__()
-        self.lm = lm
+        self.lm, self.batch_size = lm, batch_size
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.lm(x, y[:, 0], segment_ids=y[:, 1])
+        if y.size(1) == 2:
+            return self.lm(x, y[:, 0], segment_ids=y[:, 1])
+        logits, _ = self.lm(x, segment_ids=y[:, 1])
+        targets = y[:, 0].reshape(-1)
+        total = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets, ignore_index=IGNORE, reduction="sum"
+        )
+        return logits, total * (self.batch_size / x.size(0)) / y[0, 2, 0].clamp(min=1)
 
 
 # ------------------------------------------------------------------ the stage
@@ -319,12 +333,12 @@ def adapt(
     betas, group = (config.beta1, config.beta2), group or distributed.Group()
     if not config.lora_rank:
         lm.to(device).train()
-        group.wrap(PackedLM(lm))
+        group.wrap(PackedLM(lm, config.batch_size))
         return lm, make_optimizer(lm, config)
     torch.manual_seed(config.seed)  # the adapters' initial values
     adapters = add_lora(lm, config.lora_rank, config.lora_alpha)
     lm.to(device).train()
-    group.wrap(PackedLM(lm))
+    group.wrap(PackedLM(lm, config.batch_size))
     optimizer = torch.optim.AdamW(
         adapters.parameters(), config.lr, betas, weight_decay=config.weight_decay, foreach=True
     )
@@ -360,10 +374,13 @@ def make_batches(rows: Rows, config: SFTConfig, device: torch.device):
     def batches(step: int, micro: int, share: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         first = (step * config.grad_accum + micro) * config.batch_size
         picks = torch.stack(
-            [order(i // len(rows))[i % len(rows)] for i in range(first, first + config.batch_size)[share]]
+            [order(i // len(rows))[i % len(rows)] for i in range(first, first + config.batch_size)]
         )
-        x, targets, segments = rows.batch(picks)
+        x, targets, segments = rows.batch(picks[share])
         y = torch.stack([targets, segments], dim=1)
+        if share != slice(None):  # a rank's slice: the whole micro-batch's assistant tokens, for PackedLM
+            counted = (rows.targets[picks] != IGNORE).sum()
+            y = torch.cat([y, torch.full_like(targets, int(counted)).unsqueeze(1)], dim=1)
         if device.type == "cuda":
             x, y = x.pin_memory(), y.pin_memory()
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
