@@ -22,7 +22,8 @@ toy = sft_toy  # the fixture of test_sft: a chat corpus and a tiny base model
 SETTINGS = dict(
     preset="tiny",
     seq_len=64,
-    batch_size=8,
+    batch_size=2,
+    grad_accum=4,  # each rank runs two micro-batches a step: the first without the gradient sync
     max_steps=20,
     lr=3e-3,
     warmup_steps=5,
@@ -31,8 +32,9 @@ SETTINGS = dict(
     eval_tokens=2048,
     precision="fp32",
 )
-# Resumed runs: a gentler rate, so the last bits that two processes round differently stay small.
-LONGER = {**SETTINGS, "max_steps": 30, "lr": 1e-3, "checkpoint_interval": 3}
+# Resumed runs: each rank half of every micro-batch, and a gentler rate, so the last bits that two
+# processes round differently stay small.
+LONGER = {**SETTINGS, "batch_size": 8, "grad_accum": 1, "max_steps": 30, "lr": 1e-3, "checkpoint_interval": 3}
 
 
 def flags(settings: dict) -> list[str]:
@@ -166,7 +168,7 @@ def test_shard_in_one_process_is_one_sentence(pipeline):
 
 
 def test_a_world_size_that_does_not_divide_the_batch_is_one_sentence(pipeline):
-    refused = run(pipeline, 2, "uneven", {**SETTINGS, "batch_size": 3})
+    refused = run(pipeline, 2, "uneven", {**SETTINGS, "batch_size": 3, "grad_accum": 1})
     assert refused.returncode != 0
     assert refused.stderr.count("2 processes cannot share a step of 3 rows") == 1
     assert not (pipeline.workdir / "model" / "uneven").exists()

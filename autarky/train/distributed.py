@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -382,7 +383,9 @@ def _read_into(path: Path, wanted: dict[str, torch.Tensor]) -> None:
             f"{unexpected[:3]}, wrong shape or dtype {wrong[:3]}); pass --force to start over"
         )
     try:
-        dcp.load(wanted, storage_reader=reader)
+        with warnings.catch_warnings():  # one process reading a checkpoint several wrote is meant
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(wanted, storage_reader=reader)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(
             f"the checkpoint {path} is damaged ({type(e).__name__}); delete the run directory or pass --force to start over"
