@@ -85,6 +85,7 @@ def test_two_processes_with_ddp_train_the_one_process_model(pipeline, reference)
     assert done.returncode == 0, done.stderr[-3000:]
     model = artifact.load(pipeline.workdir / "model" / "ddp")
     assert_same_curve(history(model.path), history(reference.path), 1e-5)
+    assert model.metrics["processes"] == 2 and "processes" not in reference.metrics
     assert (
         abs(model.metrics["val_loss"] - reference.metrics["val_loss"]) <= 1e-5 * reference.metrics["val_loss"]
     )

@@ -47,6 +47,7 @@ class Progress:
     elapsed: float = 0.0
     history: list[dict] = field(default_factory=list)
     tokens_per_s: float | None = None
+    processes: int = 1  # how many trained together in this session (torchrun's world size)
 
 
 def run_metrics(progress: Progress, config: TrainConfig) -> dict:
@@ -61,6 +62,7 @@ def run_metrics(progress: Progress, config: TrainConfig) -> dict:
         "initial_val_loss": evaluations[0]["val_loss"],
         "val_loss": evaluations[-1]["val_loss"],
         "val_bpb": evaluations[-1]["val_bpb"],
+        **({"processes": progress.processes} if progress.processes > 1 else {}),
     }
 
 
@@ -166,7 +168,7 @@ def fit(
             trained = {"loss": ranks.mean(loss_sum / accum), "lr": lr, "grad_norm": grad_norm}
             step += 1
             bar.update(task, completed=step, total=session.total(step))
-    return Progress(step, session.elapsed(), history, session.rate if session.tokens else None)
+    return Progress(step, session.elapsed(), history, session.rate if session.tokens else None, ranks.world)
 
 
 class Session:
