@@ -71,7 +71,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="as `autarky train`'s"
     )
-    p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw", help="as `autarky train`'s")
+    p.add_argument(
+        "--optimizer", choices=["adamw", "muon"], default=TrainConfig().optimizer, help="as `autarky train`'s"
+    )
     p.add_argument("--muon-lr", type=float, default=0.02)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     return p.parse_args()

@@ -31,6 +31,7 @@ SETTINGS = dict(
     checkpoint_interval=10,
     eval_tokens=2048,
     precision="fp32",
+    optimizer="adamw",  # --shard needs it; the one-process reference uses the same
 )
 # Resumed runs: each rank half of every micro-batch, and a gentler rate, so the last bits that two
 # processes round differently stay small.

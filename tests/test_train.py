@@ -262,7 +262,10 @@ def test_a_checkpoint_that_does_not_fit_is_a_clear_error(pipeline, tmp_path, hea
     import torch
     from safetensors.torch import save_file
 
+    from autarky.train.loop import settle_precision
+
     config = TrainConfig(**TINY_TRAIN)
+    settle_precision(config)  # as train does before it reads the checkpoint: the header names bf16 or fp32
     run_dir = pipeline.workdir / "model" / tmp_path.name
     run_dir.mkdir(parents=True)
     if header is not None:

@@ -14,8 +14,13 @@ from autarky.options import in_flags, with_config
 from autarky.serve import ServeConfig
 
 
-def _model_dir(model_ref: str, workdir: Path) -> Path:
-    """Any checkpoint directory as given, else a model artifact by path or name in the workspace."""
+def _model_dir(model_ref: str | None, workdir: Path) -> Path:
+    """Any checkpoint directory as given, else a model artifact by path or name in the workspace;
+    none given: the newest model there, said so."""
+    if model_ref is None:
+        newest = artifact.newest(workdir, "model")
+        console.print(f"no model named: taking the newest in {workdir}, {newest.name}")
+        return newest.path
     path = Path(model_ref)
     if (path / "config.json").is_file():
         return path
@@ -101,7 +106,7 @@ NOT_CHAT_TUNED = (
 
 @app.command(rich_help_panel=MODEL)
 def chat(
-    model: str = typer.Argument(..., help="A model artifact (path or name)."),
+    model: str = typer.Argument(None, help="A model artifact (path or name; default: the newest)."),
     workdir: Path = workdir_option(),
     system: str = typer.Option(None, help="A system message to start the conversation."),
     temperature: float = typer.Option(0.7, help="0 = greedy."),
@@ -181,7 +186,9 @@ def _reply(net, tokenizer, prompt: list[int], params) -> str:
 @app.command(rich_help_panel=MODEL)
 @with_config(ServeConfig)
 def serve(
-    model: str = typer.Argument(..., help="A model artifact (path or name) or a Llama checkpoint."),
+    model: str = typer.Argument(
+        None, help="A model artifact (path or name; default: the newest) or a Llama checkpoint."
+    ),
     workdir: Path = workdir_option(),
     config: ServeConfig = None,
 ) -> None:

@@ -50,9 +50,10 @@ class TrainConfig:
         "(a GPU with bf16, a CPU with AVX-512 BF16 or AMX), fp32 elsewhere. The manifest records the choice.",
     )
     optimizer: str = setting(
-        "adamw",
-        help="adamw, or muon: orthogonalised momentum for the hidden matrices (at --muon-lr), AdamW "
-        "for embeddings, head and norms (at --lr).",
+        "muon",
+        help="muon: orthogonalised momentum for the hidden matrices (at --muon-lr) and AdamW for "
+        "embeddings, head and norms (at --lr), which reached tinyshakespeare's target in 0.63x AdamW's "
+        "time (docs/benchmarks.md); or adamw for all (needed with --shard).",
     )
     muon_lr: float = setting(0.02, help="Muon's peak learning rate (with --optimizer muon).")
     shard: bool = setting(
@@ -130,6 +131,9 @@ class SFTConfig(TrainConfig):
         "(default 200; with --minutes alone, no step limit: the minutes decide).",
     )
     lr: float = setting(1e-4, help="Peak learning rate (fine-tuning wants far less than pretraining).")
+    optimizer: str = setting(
+        "adamw", help="adamw, or muon (full fine-tuning only; its --muon-lr suits pretraining, not this)."
+    )
     warmup_steps: int = setting(10, help="Steps of linear warmup from 0 to --lr.")
     weight_decay: float = setting(0.0, help="AdamW weight decay on matrices.")
     eval_interval: int = setting(50, help="Steps between held-out evaluations.")

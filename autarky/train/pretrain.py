@@ -129,24 +129,24 @@ def _train(
     with interruptible(builder.dir):
         run = prepare(builder.dir, tokens, tokenizer, config, resume, force, init, group)
         with builder:
-            log = history_log(builder.dir, run.progress.history) if group.main else lambda records: None
-
-            def checkpoint(step: int, elapsed: float) -> None:
-                distributed.save(builder.dir, run.model, run.optimizer, step, elapsed, config, group)
-
-            progress = fit(
-                group.wrapped,
-                run.optimizer,
-                run.batches,
-                run.evaluate,
-                config,
-                run.progress,
-                log,
-                checkpoint,
-                group,
-            )
+            progress = fit_run(builder.dir, run, run.model, config, group)
             whole = group.gathered(run.model)
             return group.first(lambda: seal(builder, whole, tokenizer, config, progress))
+
+
+def fit_run(
+    run_dir: Path, run, trainable: torch.nn.Module, config: TrainConfig, group: distributed.Group
+) -> Progress:
+    """`fit` on a prepared run (pretraining's or sft's), its metrics log and its checkpoints of
+    `trainable` in `run_dir`; rank 0 alone writes."""
+    log = history_log(run_dir, run.progress.history) if group.main else lambda records: None
+
+    def checkpoint(step: int, elapsed: float) -> None:
+        distributed.save(run_dir, trainable, run.optimizer, step, elapsed, config, group)
+
+    return fit(
+        group.wrapped, run.optimizer, run.batches, run.evaluate, config, run.progress, log, checkpoint, group
+    )
 
 
 def finished(builder: artifact.Builder, force: bool, train_more: str) -> Artifact | None:

@@ -45,17 +45,17 @@ from autarky.tokenizer import Tokenizer
 from autarky.train import distributed
 from autarky.train.checkpoint import (
     HISTORY,
-    history_log,
     read_history,
 )
 from autarky.train.config import SFTConfig
-from autarky.train.loop import Progress, autocast_for, fit, run_metrics, settle_precision
+from autarky.train.loop import Progress, autocast_for, run_metrics, settle_precision
 from autarky.train.muon import make_optimizer
 from autarky.train.plan import plan_of, size_line, steps_line
 from autarky.train.pretrain import (
     TOKENIZER_FILES,
     drop_checkpoints,
     finished,
+    fit_run,
     interruptible,
     plot_losses,
     settle_run_dir,
@@ -248,22 +248,7 @@ def _sft(
     with interruptible(builder.dir):
         run = prepare(builder.dir, model, chat, config, resume, force, group)
         with builder:
-            log = history_log(builder.dir, run.progress.history) if group.main else lambda records: None
-
-            def checkpoint(step: int, elapsed: float) -> None:
-                distributed.save(builder.dir, run.trainable, run.optimizer, step, elapsed, config, group)
-
-            progress = fit(
-                group.wrapped,
-                run.optimizer,
-                run.batches,
-                run.evaluate,
-                config,
-                run.progress,
-                log,
-                checkpoint,
-                group,
-            )
+            progress = fit_run(builder.dir, run, run.trainable, config, group)
             run.lm = group.gathered(run.lm)
             return group.first(lambda: seal(builder, run, model, config, progress))
 
