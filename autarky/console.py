@@ -14,7 +14,9 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, highlight=False)  # progress, warnings, errors: what a person watches
-out = Console(highlight=False)  # results (tables, paths, lineage, next commands): what `| grep` and `> file` get
+out = Console(
+    highlight=False
+)  # results (tables, paths, lineage, next commands): what `| grep` and `> file` get
 
 
 class UserError(Exception):
