@@ -102,7 +102,6 @@ def fit(
     the logged loss over ranks and has every rank agree on what the clock and Ctrl-C decide.
     """
     ranks = ranks or Group(rows=config.batch_size, micro_batches=config.grad_accum)
-    accum = ranks.micro_batches
     device = next(model.parameters()).device
     settle_precision(config)
     autocast = autocast_for(config.precision, device)
@@ -150,25 +149,46 @@ def fit(
                 raise KeyboardInterrupt
 
             lr = lr_at(config, step, ranks.agree(session.fraction(step))[0])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                with ranks.sync(last=micro + 1 == accum):
-                    with autocast():
-                        _, loss = model(x, y)
-                    session.tokens += x.numel() * ranks.world
-                    # Fetch the next micro-batch while the device computes this one's backward pass.
-                    x, y = batches(step, micro + 1) if micro + 1 < accum else batches(step + 1, 0)
-                    (loss / accum).backward()
-                loss_sum += loss.detach()
-            grad_norm = ranks.whole(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            trained = {"loss": ranks.mean(loss_sum / accum), "lr": lr, "grad_norm": grad_norm}
+            trained, (x, y) = train_step(
+                model, optimizer, batches, config, ranks, autocast, session, step, x, y, lr
+            )
             step += 1
             bar.update(task, completed=step, total=session.total(step))
     return Progress(step, session.elapsed(), history, session.rate if session.tokens else None, ranks.world)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Batches,
+    config: TrainConfig,
+    ranks: Group,
+    autocast: Callable[[], AbstractContextManager],
+    session: Session,
+    step: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    """One optimizer step from its first micro-batch (`x`, `y`, fetched already): what it logs, kept
+    on the device, and the next step's first micro-batch."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    accum = ranks.micro_batches
+    loss_sum = torch.zeros((), device=x.device)
+    for micro in range(accum):
+        with ranks.sync(last=micro + 1 == accum):
+            with autocast():
+                _, loss = model(x, y)
+            session.tokens += x.numel() * ranks.world
+            # Fetch the next micro-batch while the device computes this one's backward pass.
+            x, y = batches(step, micro + 1) if micro + 1 < accum else batches(step + 1, 0)
+            (loss / accum).backward()
+        loss_sum += loss.detach()
+    grad_norm = ranks.whole(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": ranks.mean(loss_sum / accum), "lr": lr, "grad_norm": grad_norm}, (x, y)
 
 
 class Session:
