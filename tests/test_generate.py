@@ -152,15 +152,21 @@ def test_generate_and_chat_commands_stream_text(trained):
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.count("model> ") == 2
     assert "never chat-tuned" in chat.stderr  # only pretrained: it continues text, and chat says so
+    import shutil
+
+    alone = trained.workspace.parent / "newest-ws"  # a workspace whose newest model is this one
+    shutil.copytree(trained.path, alone / "model" / trained.name, dirs_exist_ok=True)
     newest = subprocess.run(  # no model named: the newest in the workspace, and chat says which
-        [sys.executable, "-m", "autarky.cli", "chat", "--engine", "torch"],
+        [sys.executable, "-m", "autarky.cli", "chat", "--engine", "torch", "-w", str(alone)],
         input="/exit\n",
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert newest.returncode == 0 and "no model named: taking the newest" in newest.stderr, newest.stderr
+    assert newest.returncode == 0 and f"taking the newest in {alone}, {trained.name}" in newest.stderr, (
+        newest.stderr
+    )
     from typer.testing import CliRunner
 
     from autarky.cli import app
