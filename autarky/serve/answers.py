@@ -10,8 +10,7 @@ from __future__ import annotations
 import time
 
 from autarky.serve.engine import Event, TokenLogprob
-from autarky.serve.jobs import ClientGone, EventStream, Job, sse
-from autarky.serve.protocol import RequestError
+from autarky.serve.jobs import ClientGone, EngineError, EventStream, Job, sse
 
 
 class ChatAnswer:
@@ -127,8 +126,8 @@ async def _chunks(job: Job, shape: Answer, record: dict, meta: dict, prompt_toke
         while job.open:
             try:
                 i, event = await job.next()
-            except RuntimeError as e:
-                yield sse(RequestError(str(e), status=500, type="server_error").body())
+            except EngineError as e:
+                yield sse(e.body())
                 return
             texts[i] += event.text
             record["tokens_out"] += event.completion_tokens

@@ -22,6 +22,17 @@ class ClientGone(Exception):
     """The client closed the connection before its answer was complete."""
 
 
+class EngineError(RequestError):
+    """A request the engine failed: a 500 with OpenAI's error body, handled like any refusal.
+
+    Not a bare exception: Starlette re-raises those after their handler's answer, and uvicorn then
+    closes the connection under a client that may already be sending its next request on it.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, status=500, type="server_error")
+
+
 def check_engine(engine: Engine) -> None:
     """A 503 when the engine thread is not running: nothing handed to it would ever be answered."""
     if not engine.alive:
@@ -72,7 +83,7 @@ class Job:
         self.events.put_nowait((None, None))
 
     async def next(self) -> tuple[int, Event]:
-        """The next event of any choice; raises ClientGone, or RuntimeError for an engine error."""
+        """The next event of any choice; raises ClientGone, or EngineError for an engine error."""
         i, event = await self.events.get()
         if i is None:
             raise ClientGone()
@@ -85,7 +96,7 @@ class Job:
                     "autarky_time_to_first_token_seconds", r.first_token_at - r.submitted
                 )
         if event.error:
-            raise RuntimeError(event.error)
+            raise EngineError(event.error)
         return i, event
 
     def close(self) -> None:
@@ -158,7 +169,7 @@ async def embed(app_state, inputs: list[list[int]], receive) -> list[list[float]
         app_state.inflight -= len(inputs)
     vectors, error = future.result()
     if error:
-        raise RuntimeError(error)
+        raise EngineError(error)
     return vectors
 
 
