@@ -90,9 +90,14 @@ def train(
     config = config or TrainConfig()
     config.validate()
     with distributed.launched(config) as group:
-        # the probe of `auto` is timed: rank 0's choice is every rank's, so they train alike
-        config.precision = group.first(lambda: settle_precision(config) or config.precision)
+        agree_on_precision(config, group)
         return _train(tokens, workdir, config, name, resume, force, init, group)
+
+
+def agree_on_precision(config: TrainConfig, group: distributed.Group) -> None:
+    """Settle `--precision auto` on rank 0 and give every rank its choice: the probe is timed, and
+    ranks that chose apart would train apart."""
+    config.precision = group.first(lambda: settle_precision(config) or config.precision)
 
 
 def _train(

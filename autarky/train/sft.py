@@ -48,11 +48,12 @@ from autarky.train.checkpoint import (
     read_history,
 )
 from autarky.train.config import SFTConfig
-from autarky.train.loop import Progress, autocast_for, run_metrics, settle_precision
+from autarky.train.loop import Progress, autocast_for, run_metrics
 from autarky.train.muon import make_optimizer
 from autarky.train.plan import plan_of, size_line, steps_line
 from autarky.train.pretrain import (
     TOKENIZER_FILES,
+    agree_on_precision,
     drop_checkpoints,
     finished,
     fit_run,
@@ -224,8 +225,7 @@ def sft(
             "--shard fine-tunes the whole model; with --lora leave --shard off (the adapters are small)"
         )
     with distributed.launched(config) as group:
-        # the probe of `auto` is timed: rank 0's choice is every rank's, so they train alike
-        config.precision = group.first(lambda: settle_precision(config) or config.precision)
+        agree_on_precision(config, group)
         return _sft(model, chat, workdir, config, name, resume, force, group)
 
 
