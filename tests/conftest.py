@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,16 @@ RUSSIAN = [
     "Под голубыми небесами великолепными коврами, блестя на солнце, снег лежит.",
     "Прозрачный лес один чернеет, и ель сквозь иней зеленеет, и речка подо льдом блестит.",
 ]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_as_at_a_terminal():
+    """Ctrl-C reaches the tests and the commands they start as it does a user at a terminal, even
+    when the suite itself was started in the background (where the shell ignores SIGINT, and an
+    ignored signal stays ignored in every child). The Ctrl-C tests need it; nothing else changes."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(autouse=True, scope="session")
