@@ -438,6 +438,16 @@ class Llama(nn.Module):
         before them in that row; the cache's lengths advance by T. With `segment_ids` (B, T), a row
         packs several sequences (see `packed_layout`), each computed as it would be alone.
         """
+        return self.head(self.hidden(input_ids, cache, segment_ids), targets, last_only)
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The last block's output (B, T, hidden), before the final norm: what the head reads, and
+        what multi-token prediction modules build on."""
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
         mask = positions = None
@@ -462,6 +472,12 @@ class Llama(nn.Module):
             x = block(x, cos, sin, cache, i, positions, mask)
         if cache is not None:
             cache.lengths[:B] += T
+        return x
+
+    def head(
+        self, x: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final norm and output projection of hidden states; with `targets`, the mean cross-entropy."""
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:, :]
