@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -212,13 +213,93 @@ PRESETS: dict[str, dict] = {
         max_position_embeddings=4096,
         rope_theta=500000.0,
     ),
+    # DeepSeek-V3 family (autarky/deepseek.py): about the active parameters per token of the dense
+    # preset beside it (the shared expert and two of 8 or 16 routed ones ≈ the dense MLP), with
+    # several times its total parameters; attention is MLA with a latent cache.
+    "moe-tiny": dict(
+        model_type="deepseek_v3",
+        hidden_size=256,
+        intermediate_size=688,
+        moe_intermediate_size=224,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        kv_lora_rank=128,
+        qk_nope_head_dim=32,
+        qk_rope_head_dim=32,
+        v_head_dim=64,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=512,
+    ),
+    "moe-small": dict(
+        model_type="deepseek_v3",
+        hidden_size=512,
+        intermediate_size=1376,
+        moe_intermediate_size=448,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        kv_lora_rank=256,
+        qk_nope_head_dim=64,
+        qk_rope_head_dim=32,
+        v_head_dim=64,
+        n_routed_experts=16,
+        num_experts_per_tok=2,
+        n_group=4,
+        topk_group=2,
+        max_position_embeddings=1024,
+    ),
+    "moe-base": dict(
+        model_type="deepseek_v3",
+        hidden_size=768,
+        intermediate_size=2048,
+        moe_intermediate_size=512,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        q_lora_rank=384,
+        kv_lora_rank=256,
+        qk_nope_head_dim=64,
+        qk_rope_head_dim=32,
+        v_head_dim=64,
+        n_routed_experts=32,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
+        max_position_embeddings=2048,
+    ),
+    "moe-1b": dict(
+        model_type="deepseek_v3",
+        hidden_size=2048,
+        intermediate_size=8192,
+        moe_intermediate_size=1024,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        q_lora_rank=768,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        n_shared_experts=2,
+        n_routed_experts=64,
+        num_experts_per_tok=6,
+        n_group=8,
+        topk_group=4,
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+    ),
 }
 
 
 def preset_config(preset: str, vocab_size: int, **overrides) -> ModelConfig:
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    config = ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides})
+    values = {**PRESETS[preset], **overrides}
+    if values.get("model_type") == "deepseek_v3":
+        from autarky.deepseek import DeepseekV3Config
+
+        config = DeepseekV3Config(vocab_size=vocab_size, **values)
+        config.validate()
+        return config
+    config = ModelConfig(vocab_size=vocab_size, **values)
     config.validate()
     return config
 
@@ -295,13 +376,25 @@ class KVCache:
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.max_len = max_len
 
+    def take(self, other: KVCache, src: int, dst: int) -> None:
+        """Copy row `src` of `other` (a staged prompt's cache) into row `dst` of this one."""
+        n = int(other.lengths[src])
+        for k, v, ok, ov in zip(self.k, self.v, other.k, other.v, strict=True):
+            k[dst, :, :n] = ok[src, :, :n]
+            v[dst, :, :n] = ov[src, :, :n]
+        self.lengths[dst] = n
+
     def move(self, src: int, dst: int) -> None:
         """Copy row `src` into row `dst` (to keep running sequences packed)."""
-        n = int(self.lengths[src])
+        self.take(self, src, dst)
+
+    def scrub(self, row: int) -> None:
         for k, v in zip(self.k, self.v, strict=True):
-            k[dst, :, :n] = k[src, :, :n]
-            v[dst, :, :n] = v[src, :, :n]
-        self.lengths[dst] = n
+            k[row].zero_()
+            v[row].zero_()
+
+    def bytes_per_token(self) -> int:
+        return sum(t[0, :, 0].numel() * t.element_size() for t in self.k + self.v)
 
     def reset(self, row: int) -> None:
         self.lengths[row] = 0
@@ -417,6 +510,10 @@ class Llama(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def new_cache(self, batch: int, max_len: int, device=None, dtype=torch.float32) -> KVCache:
+        """The cache this model's attention reads and appends to (DeepSeek's differs)."""
+        return KVCache(self.config, batch, max_len, device=device, dtype=dtype)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -539,7 +636,29 @@ def read_config(directory: Path) -> ModelConfig:
         raise UserError(f"{path} is not valid JSON ({e})") from e
     if not isinstance(config, dict):
         raise UserError(f"{path} is not a JSON object")
+    if config.get("model_type") == "deepseek_v3":
+        from autarky.deepseek import DeepseekV3Config
+
+        return DeepseekV3Config.from_hf(config)
     return ModelConfig.from_hf(config)
+
+
+def build_model(config) -> Llama:
+    """The causal LM of a config's family: `Llama` for ModelConfig, `DeepseekV3` for DeepseekV3Config."""
+    if config.model_type == "deepseek_v3":
+        from autarky.deepseek import DeepseekV3
+
+        return DeepseekV3(config)
+    return Llama(config)
+
+
+def _ignored(name: str, config) -> bool:
+    """Tensors a checkpoint may hold that this model does not use: a stale rotary buffer, a tied head,
+    DeepSeek-V3's multi-token prediction layers (numbered after the last layer)."""
+    if name.endswith(IGNORED_TENSORS) or (config.tie_word_embeddings and name == "lm_head.weight"):
+        return True
+    layer = re.match(r"model\.layers\.(\d+)\.", name)
+    return config.model_type == "deepseek_v3" and bool(layer) and int(layer[1]) >= config.num_hidden_layers
 
 
 def checkpoint_shards(directory: Path) -> dict[Path, list[str]]:
@@ -590,14 +709,12 @@ def check_checkpoint(directory: Path, config: ModelConfig) -> dict[Path, list[st
     """The tensors to read from each weight file, once every name, shape and dtype in the files'
     headers has been checked against `config` (no weight is read)."""
     with torch.device("meta"):
-        expected = Llama(config).state_dict()
+        expected = build_model(config).state_dict()
     plan: dict[Path, list[str]] = {}
     for path, names in checkpoint_shards(directory).items():
         with safe_open(str(path), "pt") as f:
             for name in names:
-                if name.endswith(IGNORED_TENSORS) or (
-                    config.tie_word_embeddings and name == "lm_head.weight"
-                ):
+                if _ignored(name, config):
                     continue
                 piece = f.get_slice(name)
                 shape, dtype = tuple(piece.get_shape()), piece.get_dtype()
@@ -645,12 +762,21 @@ def load_pretrained(
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     with torch.device("meta"):
-        model = Llama(config)
+        model = build_model(config)
     model.load_state_dict(state, assign=True)
-    model.model.rotary = RotaryEmbedding(config).to(device)
+    model.model.rotary = type(model.model.rotary)(config).to(device)
+    _fresh_buffers(model, device)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+def _fresh_buffers(model: nn.Module, device) -> None:
+    """Buffers a checkpoint does not hold (a router's load count) are made on `device`, not left on meta."""
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.is_meta:
+                module.register_buffer(name, torch.zeros(buffer.shape, device=device), persistent=False)
 
 
 def chat_tuned(directory: Path) -> bool | None:
