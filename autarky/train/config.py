@@ -12,6 +12,9 @@ from autarky.options import setting
 # Settings that say how a run keeps itself, not what it computes: left out of the recipe, so
 # changing one neither renames a model nor stops a run from resuming (--shard: at another layout).
 RUN_SETTINGS = ("checkpoint_minutes", "shard")
+# Settings of multi-token prediction: in the recipe only when it is on, so a run without it keeps
+# the recipe (and name) it had before the option existed.
+MTP_SETTINGS = ("mtp", "mtp_weight", "mtp_keep")
 
 
 @dataclass
@@ -61,6 +64,22 @@ class TrainConfig:
         help="Under torchrun: shard the model, gradients and optimizer state across the processes "
         "(FSDP2), for a model too large for one device; without it each process holds the whole model (DDP).",
     )
+    mtp: int = setting(
+        0,
+        help="Multi-token prediction (DeepSeek-V3): train D extra modules, module k predicting the token "
+        "k+1 ahead from the one before it, for a denser training signal (0: off). The sealed model is "
+        "the plain one either way.",
+    )
+    mtp_weight: float = setting(
+        0.3,
+        help="--mtp: the extra depths' loss weight, their mean added to the main loss times this "
+        "(DeepSeek-V3: 0.3 for its first 10T tokens, 0.1 after; runs here are all early).",
+    )
+    mtp_keep: bool = setting(
+        False,
+        help="--mtp: keep the modules beside the sealed model, in mtp.safetensors (DeepSeek-V3's tensor "
+        "names), for speculative decoding; by default they are dropped.",
+    )
 
     def __post_init__(self) -> None:
         # Resolved here rather than defaulted, so --minutes alone is not cut short by a step cap, and
@@ -70,7 +89,8 @@ class TrainConfig:
 
     def recipe(self) -> dict:
         """The settings that shape the model: what its manifest records and its name hashes."""
-        return {k: v for k, v in asdict(self).items() if k not in RUN_SETTINGS}
+        dropped = RUN_SETTINGS + (() if self.mtp else MTP_SETTINGS)
+        return {k: v for k, v in asdict(self).items() if k not in dropped}
 
     def validate(self) -> None:
         if self.schedule not in ("cosine", "wsd"):
@@ -97,6 +117,18 @@ class TrainConfig:
             )
         if not 0 < self.decay_fraction <= 1:
             raise UserError("--decay-fraction must be in (0, 1]")
+        self._validate_mtp()
+
+    def _validate_mtp(self) -> None:
+        if self.mtp < 0 or self.mtp >= self.seq_len:
+            raise UserError(
+                f"--mtp {self.mtp} must be 0 (off) or a depth below --seq-len {self.seq_len}, "
+                "so that every depth has a token to predict"
+            )
+        if self.mtp and self.mtp_weight <= 0:
+            raise UserError("--mtp-weight must be positive (--mtp 0 turns multi-token prediction off)")
+        if self.mtp and self.shard:
+            raise UserError("--mtp does not combine with --shard yet; use DDP (leave --shard off) or --mtp 0")
 
 
 def lr_at(config: TrainConfig, step: int, progress_fraction: float) -> float:
@@ -145,9 +177,16 @@ class SFTConfig(TrainConfig):
         help="Train rank-R adapters on the attention and MLP projections of a frozen base (0: full fine-tuning).",
     )
     lora_alpha: float = setting(16.0, help="LoRA scale numerator: each update is scaled by alpha / rank.")
+    mtp: int = setting(
+        0, cli=False, help="Unused: multi-token prediction is a pretraining option (train --mtp)."
+    )
+    mtp_weight: float = setting(0.3, cli=False, help="Unused: see train --mtp-weight.")
+    mtp_keep: bool = setting(False, cli=False, help="Unused: see train --mtp-keep.")
 
     def validate(self) -> None:
         super().validate()
+        if self.mtp:
+            raise UserError("--mtp is a pretraining option (autarky train --mtp D); sft does not take it")
         if self.lora_rank and self.optimizer == "muon":
             raise UserError("--optimizer muon is for full fine-tuning; LoRA adapters train with AdamW")
         if self.lora_rank < 0 or self.lora_alpha <= 0:

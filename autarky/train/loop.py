@@ -33,7 +33,7 @@ from autarky.train.distributed import Group
 from autarky.train.plan import estimate
 
 LOG_INTERVAL = 10
-STEP_KEYS = ("step", "loss", "lr", "grad_norm")  # what a step logs; anything else came from `evaluate`
+STEP_KEYS = ("step", "loss", "lr", "grad_norm")  # what a step logs (with mtp_loss_k); the rest: `evaluate`
 
 Batches = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -53,6 +53,7 @@ class Progress:
 def run_metrics(progress: Progress, config: TrainConfig) -> dict:
     """What every trained model's manifest reports of its run (the last step is always evaluated)."""
     train_losses = [h["loss"] for h in progress.history if "loss" in h]
+    last = next((h for h in reversed(progress.history) if "loss" in h), {})
     evaluations = [h for h in progress.history if "val_loss" in h]
     return {
         "tokens_seen": progress.step * config.batch_size * config.seq_len * config.grad_accum,
@@ -62,6 +63,7 @@ def run_metrics(progress: Progress, config: TrainConfig) -> dict:
         "initial_val_loss": evaluations[0]["val_loss"],
         "val_loss": evaluations[-1]["val_loss"],
         "val_bpb": evaluations[-1]["val_bpb"],
+        **{f"final_{k}": v for k, v in last.items() if k.startswith("mtp_loss_")},
         **({"processes": progress.processes} if progress.processes > 1 else {}),
     }
 
@@ -108,7 +110,11 @@ def fit(
     first, step, history = progress.step, progress.step, progress.history
     session = Session(config, progress.elapsed, first)
     # A resumed run whose checkpoint step was evaluated before the kill is not evaluated again.
-    evaluated = bool(history) and history[-1]["step"] == step and any(k not in STEP_KEYS for k in history[-1])
+    evaluated = (
+        bool(history)
+        and history[-1]["step"] == step
+        and any(k not in STEP_KEYS and not k.startswith("mtp_loss_") for k in history[-1])
+    )
     smoothed = SmoothedLoss(history)
     pending, trained = [], {}
     x, y = batches(step, 0)
@@ -175,20 +181,24 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     accum = ranks.micro_batches
-    loss_sum = torch.zeros((), device=x.device)
+    loss_sum = torch.zeros(1 + config.mtp, device=x.device)  # the loss, and each MTP depth's
     for micro in range(accum):
         with ranks.sync(last=micro + 1 == accum):
             with autocast():
-                _, loss = model(x, y)
+                out, loss = model(x, y)
             session.tokens += x.numel() * ranks.world
             # Fetch the next micro-batch while the device computes this one's backward pass.
             x, y = batches(step, micro + 1) if micro + 1 < accum else batches(step + 1, 0)
             (loss / accum).backward()
-        loss_sum += loss.detach()
+        loss_sum += out if config.mtp else loss.detach()  # with --mtp, `out` holds the losses (mtp.py)
     grad_norm = ranks.whole(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
     optimizer.step()
+    for lm in (m for m in getattr(model, "module", model).modules() if hasattr(m, "after_step")):
+        lm.after_step(ranks.mean)  # a DeepSeek model balances its experts' load (autarky/deepseek.py)
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": ranks.mean(loss_sum / accum), "lr": lr, "grad_norm": grad_norm}, (x, y)
+    losses = ranks.mean(loss_sum / accum)
+    depths = {f"mtp_loss_{k}": losses[k] for k in range(1, len(losses))}
+    return {"loss": losses[0], "lr": lr, "grad_norm": grad_norm, **depths}, (x, y)
 
 
 class Session:

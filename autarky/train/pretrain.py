@@ -42,6 +42,7 @@ from autarky.train.checkpoint import (
 from autarky.train.config import TrainConfig
 from autarky.train.distributed import CHECKPOINT_DIR, CHECKPOINTS, RETIRED, saved_step
 from autarky.train.loop import Batches, Progress, autocast_for, fit, run_metrics, settle_precision
+from autarky.train.mtp import attach, keep
 from autarky.train.muon import make_optimizer
 from autarky.train.plan import plan_of, size_line, size_warning, steps_line
 
@@ -75,6 +76,7 @@ class Run:
     evaluate: Callable[[], dict[str, float]]
     progress: Progress
     group: distributed.Group
+    trainable: torch.nn.Module  # what trains and is checkpointed: the model, or it with its MTP modules
 
 
 def train(
@@ -134,9 +136,9 @@ def _train(
     with interruptible(builder.dir):
         run = prepare(builder.dir, tokens, tokenizer, config, resume, force, init, group)
         with builder:
-            progress = fit_run(builder.dir, run, run.model, config, group)
+            progress = fit_run(builder.dir, run, run.trainable, config, group)
             whole = group.gathered(run.model)
-            return group.first(lambda: seal(builder, whole, tokenizer, config, progress))
+            return group.first(lambda: seal(builder, whole, tokenizer, config, progress, run.trainable))
 
 
 def fit_run(
@@ -235,10 +237,11 @@ def prepare(
         )
     device = group.device
     model.to(device).train()
-    group.wrap(model)
-    optimizer = make_optimizer(model, config)
+    trainable = attach(model, config)
+    group.wrap(trainable)
+    optimizer = make_optimizer(trainable, config)
     progress = Progress()
-    if resume and (resumed := distributed.load(run_dir, model, optimizer, config, group)):
+    if resume and (resumed := distributed.load(run_dir, trainable, optimizer, config, group)):
         progress.step, progress.elapsed = resumed
         console.print(f"resuming {run_dir} at step {progress.step}")
     progress.history = read_history(run_dir / HISTORY, progress.step)
@@ -262,7 +265,7 @@ def prepare(
     console.print(steps_line(plan))
     if warning := size_warning(plan):
         console.print(f"[bold yellow]warning:[/] {warning}")
-    return Run(model, optimizer, group.batches(batches), evaluate, progress, group)
+    return Run(model, optimizer, group.batches(batches), evaluate, progress, group, trainable)
 
 
 def settle_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
@@ -311,11 +314,18 @@ def build_model(config: TrainConfig, tokenizer: Artifact, vocab_size: int, init:
 
 
 def seal(
-    builder: artifact.Builder, model: Llama, tokenizer: Artifact, config: TrainConfig, progress: Progress
+    builder: artifact.Builder,
+    model: Llama,
+    tokenizer: Artifact,
+    config: TrainConfig,
+    progress: Progress,
+    trainable: torch.nn.Module | None = None,
 ) -> Artifact:
-    """Write the model directory, the loss plot and the metrics, drop the checkpoint, write the manifest."""
+    """Write the model directory (and the MTP modules, if kept), the loss plot and the metrics, drop
+    the checkpoint, write the manifest."""
     directory = builder.dir
     save_pretrained(model.cpu(), directory, generation={"max_length": model.config.max_position_embeddings})
+    keep(trainable, directory, config)
     for f in TOKENIZER_FILES:
         if (tokenizer.path / f).is_file():
             shutil.copy2(tokenizer.path / f, directory / f)
