@@ -6,16 +6,18 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from typer.core import TyperArgument
 
 from autarky import artifact
 from autarky.cli import chain
 from autarky.cli.chain import JSON_HELP, input_help
-from autarky.cli.common import PIPELINE, app, human_bytes, workdir_option
+from autarky.cli.common import PIPELINE, App, Group, app, human_bytes, workdir_option
 from autarky.console import UserError, console, out
 from autarky.data.config import ChatConfig, CurateConfig
 from autarky.data.executor import Executor
 from autarky.options import with_config
 from autarky.train.config import TrainConfig
+from autarky.vocab import VocabConfig
 
 # ---------------------------------------------------------------- curate
 
@@ -135,7 +137,35 @@ def _print_chat(result: artifact.Artifact) -> None:
 # ---------------------------------------------------------------- tokenizer and tokens
 
 
-@app.command("tokenizer", rich_help_panel=PIPELINE)
+class TokenizerVerb(Group):
+    """`autarky tokenizer CORPUS` trains a tokenizer; `autarky tokenizer extend MODEL CORPUS` extends a model's.
+
+    A Click group with an argument of its own would read `extend` as the corpus: a first word that
+    names a sub-command goes to it, anything else is the corpus, as before there were sub-commands.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(invoke_without_command=True, subcommand_metavar="[extend MODEL CORPUS]", **kwargs)
+        self.add_command(typer.main.get_command(_extend_app), "extend")
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)
+        if ctx.command is not self:  # asked for the usage line of `autarky tokenizer extend`: no corpus there
+            return [p for p in params if not isinstance(p, TyperArgument)]
+        return params
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if args and args[0] in self.commands:
+            super().parse_args(ctx, [])
+            ctx._protected_args, ctx.args = args[:1], args[1:]
+            return ctx.args
+        return super().parse_args(ctx, args)
+
+
+_extend_app = App(add_completion=False, rich_markup_mode="rich")
+
+
+@app.command("tokenizer", rich_help_panel=PIPELINE, cls=TokenizerVerb)
 def tokenizer_command(
     ctx: typer.Context,
     corpus: str = typer.Argument(None, help=input_help("corpus")),
@@ -153,10 +183,14 @@ def tokenizer_command(
 
     The result loads in Hugging Face transformers as is (AutoTokenizer), chat template included.
 
+    `autarky tokenizer extend MODEL CORPUS --tokens N` adds tokens to a model's tokenizer instead (see its --help).
+
     Example: [bold]autarky tokenizer latest --vocab-size 8192[/]
     """
     from autarky.tokenizer import train_tokenizer
 
+    if ctx.invoked_subcommand is not None:
+        return
     workdir, [source] = chain.inputs(ctx, workdir, (corpus, "corpus"))
     result = train_tokenizer(source, workdir, name=name, vocab_size=vocab_size, force=force)
     if not as_json:
@@ -177,6 +211,66 @@ def _print_tokenizer(result: artifact.Artifact) -> None:
         table.add_row(*row)
     out.print(table)
     out.print(f"tokenizer {chain.shown(result.path)}", markup=False, soft_wrap=True)
+
+
+@_extend_app.command("extend")
+@with_config(VocabConfig)
+def tokenizer_extend(
+    ctx: typer.Context,
+    model: str = typer.Argument(
+        None, help=input_help("model", " whose tokenizer to extend (ours or imported)")
+    ),
+    corpus: str = typer.Argument(
+        None, help=input_help("corpus", " to learn the new tokens on (its train split)")
+    ),
+    name: str = typer.Option(
+        None, "--name", help="Name of both new artifacts (default: <model>-ext<tokens>-<recipe hash>)."
+    ),
+    workdir: Path = workdir_option(),
+    force: bool = typer.Option(False, "--force", help="Replace existing artifacts of the same name."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    config: VocabConfig = None,
+) -> None:
+    """Add N tokens learned on a corpus to a model's tokenizer: a new tokenizer and a resized model.
+
+    New merges are appended after the old ones, so text they do not touch is encoded as before; each
+    new token's embedding (and output row) starts as the mean of the old tokens it replaces. Tokens
+    per word before and after are measured on the corpus's val split, per language. Continue
+    pretraining with `autarky tokenize` and `autarky train --init`.
+
+    Example: [bold]autarky tokenizer extend latest latest --tokens 2000[/]
+    """
+    from autarky.vocab import extend
+
+    workdir, [base, source] = chain.inputs(ctx, workdir, (model, "model"), (corpus, "corpus"))
+    tokenizer, made = extend(base, source, workdir, config=config, name=name, force=force)
+    if not as_json:
+        _print_extension(tokenizer, made)
+    steps = [["tokenize", source.name, tokenizer.name], ["train", "--init", made.name]]
+    chain.finish(made, workdir, steps, as_json, tokenizer=chain.shape(tokenizer))
+
+
+def _print_extension(tokenizer: artifact.Artifact, model: artifact.Artifact) -> None:
+    m = tokenizer.metrics
+    table = Table(
+        title=f"tokenizer {tokenizer.name}",
+        caption=f"{m['old_vocab_size']} + {m['added_tokens']} tokens, measured on the val split (before → after)",
+    )
+    for column in ("language", "words", "tokens/word", "words in ≤ 2 tokens", "bytes/token"):
+        table.add_column(column, justify="left" if column == "language" else "right")
+    before, after = m["val"]["before"], m["val"]["after"]
+    for lang, b in before.items():
+        a = after[lang]
+        table.add_row(
+            lang,
+            f"{b['words']:,}",
+            f"{b['tokens_per_word']} → {a['tokens_per_word']}",
+            f"{b['short_word_share']:.0%} → {a['short_word_share']:.0%}",
+            f"{b['bytes_per_token']} → {a['bytes_per_token']}",
+        )
+    out.print(table)
+    out.print(f"tokenizer {chain.shown(tokenizer.path)}", markup=False, soft_wrap=True)
+    out.print(f"model {chain.shown(model.path)}", markup=False, soft_wrap=True)
 
 
 @app.command("tokenize", rich_help_panel=PIPELINE)

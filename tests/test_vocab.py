@@ -1,0 +1,216 @@
+"""`autarky tokenizer extend`: new tokens learned on a corpus, a resized model, continued pretraining."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from autarky.artifact import Builder
+from autarky.console import UserError
+from autarky.model import Llama, load_pretrained, preset_config, save_pretrained
+from autarky.tokenizer import Tokenizer
+from autarky.vocab import VocabConfig, extend, learn_merges
+from tests.conftest import RUSSIAN, cli_env, write_sources
+
+ADDED = 48
+SMALL = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
+)
+
+
+def random_model(workdir, tokenizer, name: str, tied: bool):
+    """A model artifact of random weights beside `tokenizer`: what extend needs, with no training."""
+    import shutil
+
+    torch.manual_seed(0)
+    net = Llama(
+        preset_config("tiny", Tokenizer.load(tokenizer).vocab_size, tie_word_embeddings=tied, **SMALL)
+    )
+    builder = Builder(workdir, "model", name, {"random": True, "tied": tied}, [tokenizer])
+    with builder:
+        save_pretrained(net, builder.dir)
+        for f in tokenizer.manifest["files"]:
+            shutil.copyfile(tokenizer.path / f, builder.dir / f)
+        return builder.finish()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """English and Russian text with a quarter held out, a 400-token BPE, an untied random model."""
+    from autarky.data.config import CurateConfig
+    from autarky.data.curate import curate
+    from autarky.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("vocab")
+    workdir = root / "work"
+    corpus = curate([write_sources(root / "src", n_docs=30)], workdir, config=CurateConfig(val_fraction=0.25))
+    tokenizer = train_tokenizer(corpus, workdir, vocab_size=400)
+    model = random_model(workdir, tokenizer, "base", tied=False)
+    return SimpleNamespace(workdir=workdir, corpus=corpus, tokenizer=tokenizer, model=model)
+
+
+@pytest.fixture(scope="module")
+def extended(base):
+    return extend(base.model, base.corpus, base.workdir, VocabConfig(tokens=ADDED))
+
+
+def test_russian_words_take_fewer_tokens_and_every_text_round_trips(extended, base):
+    tokenizer, model = extended
+    val = tokenizer.metrics["val"]
+    assert val["after"]["ru"]["tokens_per_word"] < val["before"]["ru"]["tokens_per_word"]
+    assert val["after"]["ru"]["short_word_share"] >= val["before"]["ru"]["short_word_share"]
+    assert val["after"]["ru"]["bytes_per_token"] > val["before"]["ru"]["bytes_per_token"]
+    old, new = Tokenizer.load(base.model.path), Tokenizer.load(tokenizer)
+    assert new.vocab_size == old.vocab_size + ADDED == model.metrics["vocab_size"]
+    ru = " ".join(RUSSIAN)
+    ids = new.encode(ru)
+    assert any(i >= old.vocab_size for i in ids), "no new token is used on the text it was learned on"
+    assert len(ids) < len(old.encode(ru))
+    texts = [ru, "".join(map(chr, range(1, 0x250))), "ёжик 🦔 в тумане\r\n\t\x00 ЁЖ", *RUSSIAN]
+    for text in texts:
+        assert new.decode(new.encode(text)) == text
+        assert b"".join(new.token_bytes(i) for i in new.encode(text)) == text.encode()
+    for i in range(old.vocab_size, new.vocab_size):  # a new token stands for the bytes of its old pieces
+        pieces = old.hf.model.tokenize(new.hf.id_to_token(i))
+        assert new.token_bytes(i) == b"".join(old.token_bytes(p.id) for p in pieces)
+
+
+def test_the_old_rows_are_untouched_and_a_new_row_is_the_mean_of_its_pieces(extended, base):
+    tokenizer, model = extended
+    old_net, new_net = load_pretrained(base.model.path), load_pretrained(model.path)
+    old, new = Tokenizer.load(base.model.path), Tokenizer.load(model.path)
+    from pydoc_data.topics import topics
+
+    # words that no new merge touches: encoded exactly as before, so the model must compute as before
+    words = [w for w in topics["assert"].split()[:80] if max(new.encode(" " + w)) < old.vocab_size]
+    ids = new.encode(" ".join(words))
+    assert len(words) > 20 and ids == old.encode(" ".join(words))
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        before, after = old_net(x)[0], new_net(x)[0]
+    assert after.shape[-1] == new.vocab_size
+    assert torch.equal(after[..., : old.vocab_size], before)
+    weight, old_weight = new_net.model.embed_tokens.weight, old_net.model.embed_tokens.weight
+    for i in (old.vocab_size, new.vocab_size - 1):
+        pieces = [p.id for p in old.hf.model.tokenize(new.hf.id_to_token(i))]
+        assert len(pieces) >= 2
+        assert torch.allclose(weight[i], old_weight[pieces].mean(0))
+    config = json.loads((model.path / "config.json").read_text())
+    assert config["vocab_size"] == new.vocab_size
+    assert (new.bos_id, new.eos_id, new.pad_id) == (old.bos_id, old.eos_id, old.pad_id)
+
+
+def test_lineage_names_both_inputs_and_verify_passes(extended, base):
+    tokenizer, model = extended
+    assert {a.name for a in tokenizer.inputs()} == {base.model.name, base.corpus.name}
+    assert {a.name for a in model.inputs()} == {base.model.name, base.corpus.name, tokenizer.name}
+    run = subprocess.run(
+        [sys.executable, "-m", "autarky.cli", "verify", str(model.path)],
+        capture_output=True,
+        text=True,
+        env=cli_env(base.workdir),
+    )
+    assert run.returncode == 0, run.stderr
+    again = extend(base.model, base.corpus, base.workdir, VocabConfig(tokens=ADDED))
+    assert [a.id for a in again] == [tokenizer.id, model.id]  # the same recipe is reused, not remade
+
+
+def test_continued_pretraining_on_the_new_tokenizer_lowers_the_loss(extended, base):
+    from autarky.tokens import load_tokens, tokenize
+    from autarky.train import TrainConfig, train
+
+    tokenizer, model = extended
+    tokens = tokenize(base.corpus, tokenizer, base.workdir)
+    config = TrainConfig(
+        seq_len=32,
+        batch_size=4,
+        max_steps=8,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_interval=8,
+        eval_tokens=256,
+        checkpoint_interval=8,
+        precision="fp32",
+    )
+    continued = train(tokens, base.workdir, config, init=model)
+    val = torch.from_numpy(load_tokens(tokens, "val")[:257].astype("int64"))
+    x, y = val[:-1].unsqueeze(0), val[1:].unsqueeze(0)
+    with torch.no_grad():
+        before = load_pretrained(model.path)(x, y)[1]
+        after = load_pretrained(continued.path)(x, y)[1]
+    assert after < before
+    assert model.name in {a.name for a in continued.inputs("model")}
+
+
+def test_the_cli_prints_before_and_after_and_the_next_commands(extended, base):
+    run = subprocess.run(
+        [sys.executable, "-m", "autarky.cli", "tokenizer", "extend", base.model.name, base.corpus.name]
+        + ["--tokens", str(ADDED)],
+        capture_output=True,
+        text=True,
+        env=cli_env(base.workdir),
+    )
+    assert run.returncode == 0, run.stderr
+    assert "tokens/word" in run.stdout and "→" in run.stdout
+    assert f"next: autarky tokenize {base.corpus.name} {extended[0].name}" in run.stdout
+    assert f"next: autarky train --init {extended[1].name}" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tokens", "0"], "adds at least one token"),
+        (["--tokens", "-3"], "adds at least one token"),
+        (["--tokens", "100000"], "offers only"),
+        (["--min-frequency", "1000000"], "there is nothing to add"),
+    ],
+)
+def test_bad_counts_are_one_sentence_and_exit_2(base, args, message):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autarky.cli",
+            "tokenizer",
+            "extend",
+            base.model.name,
+            base.corpus.name,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(base.workdir),
+    )
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_a_model_without_a_tokenizer_and_a_corpus_without_train_text_are_refused(base, tmp_path):
+    import shutil
+
+    from autarky import artifact
+
+    bare = tmp_path / "model" / "bare"
+    shutil.copytree(base.model.path, bare)
+    (bare / "tokenizer.json").unlink()
+    with pytest.raises(UserError, match="has no tokenizer.json"):
+        extend(artifact.Artifact(bare, base.model.manifest), base.corpus, tmp_path)
+    empty = Builder(tmp_path, "corpus", "empty", {"empty": True})
+    with empty:
+        (empty.dir / "shards").mkdir()
+        corpus = empty.finish()
+    with pytest.raises(UserError, match="no train documents"):
+        extend(base.model, corpus, tmp_path)
+
+
+def test_tokens_the_vocabulary_already_has_are_never_added():
+    # "ab" is in the vocabulary already: merging a+b again would give old text a new encoding.
+    words = {("a", "b", "c"): 5, ("a", "b"): 3}
+    assert learn_merges(words, {"a", "b", "c", "ab"}, 10, 2) == [("b", "c"), ("a", "bc")]
+    assert learn_merges(words, {"a", "b", "c", "ab", "bc"}, 10, 2) == []
+    assert learn_merges({("x", "y"): 1}, {"x", "y"}, 10, 2) == []  # seen once: a memorised string
