@@ -214,3 +214,40 @@ def test_tokens_the_vocabulary_already_has_are_never_added():
     assert learn_merges(words, {"a", "b", "c", "ab"}, 10, 2) == [("b", "c"), ("a", "bc")]
     assert learn_merges(words, {"a", "b", "c", "ab", "bc"}, 10, 2) == []
     assert learn_merges({("x", "y"): 1}, {"x", "y"}, 10, 2) == []  # seen once: a memorised string
+
+
+def test_a_tied_model_keeps_one_matrix_for_embedding_and_output(base):
+    tied = random_model(base.workdir, base.tokenizer, "tied", tied=True)
+    _, model = extend(tied, base.corpus, base.workdir, VocabConfig(tokens=8))
+    old_net, new_net = load_pretrained(tied.path), load_pretrained(model.path)
+    assert new_net.lm_head.weight is new_net.model.embed_tokens.weight
+    rows = old_net.model.embed_tokens.weight.shape[0]
+    assert new_net.model.embed_tokens.weight.shape[0] == rows + 8
+    assert torch.equal(new_net.model.embed_tokens.weight[:rows], old_net.model.embed_tokens.weight)
+
+
+def test_both_spellings_reach_their_stage_with_every_setting(monkeypatch, base):
+    """`autarky tokenizer CORPUS` trains as it always did; `autarky tokenizer extend` takes every VocabConfig field."""
+    from typer.testing import CliRunner
+
+    from autarky.cli import app
+
+    seen = {}
+
+    def stage(*args, **kwargs):
+        seen.update(args=args, **kwargs)
+        raise UserError("stopped here")
+
+    monkeypatch.setattr("autarky.vocab.extend", stage)
+    monkeypatch.setattr("autarky.tokenizer.train_tokenizer", stage)
+    flags = ["--tokens", "7", "--min-frequency", "3", "--max-train-bytes", "1000", "--max-eval-bytes", "2000"]
+    model, corpus = str(base.model.path), str(base.corpus.path)
+    CliRunner().invoke(app, ["tokenizer", "extend", model, corpus, *flags])
+    assert seen["config"] == VocabConfig(7, 3, 1000, 2000)
+    assert [a.name for a in seen["args"][:2]] == [base.model.name, base.corpus.name]
+    seen.clear()
+    CliRunner().invoke(app, ["tokenizer", "-w", str(base.workdir), corpus, "--vocab-size", "300"])
+    assert seen["vocab_size"] == 300 and seen["args"][0].name == base.corpus.name
+    seen.clear()
+    wrong = CliRunner().invoke(app, ["tokenizer", corpus, "extend"])  # not silently the newest model
+    assert wrong.exit_code == 2 and "unexpected extra argument 'extend'" in wrong.output and not seen

@@ -147,6 +147,9 @@ class TokenizerVerb(Group):
     def __init__(self, **kwargs) -> None:
         super().__init__(invoke_without_command=True, subcommand_metavar="[extend MODEL CORPUS]", **kwargs)
         self.add_command(typer.main.get_command(_extend_app), "extend")
+        self.allow_interspersed_args = (
+            True  # `autarky tokenizer latest --vocab-size 8192`: options after the corpus
+        )
 
     def get_params(self, ctx: typer.Context) -> list:
         params = super().get_params(ctx)
@@ -159,7 +162,10 @@ class TokenizerVerb(Group):
             super().parse_args(ctx, [])
             ctx._protected_args, ctx.args = args[:1], args[1:]
             return ctx.args
-        return super().parse_args(ctx, args)
+        rest = super().parse_args(ctx, args)
+        if ctx._protected_args:  # a second word after the corpus: no sub-command comes there
+            ctx.fail(f"unexpected extra argument {ctx._protected_args[0]!r} after the corpus")
+        return rest
 
 
 _extend_app = App(add_completion=False, rich_markup_mode="rich")
