@@ -348,7 +348,7 @@ class Attention(nn.Module):
             span = mask.shape[-1]
             latent = cache.latent[layer][:B, :span].to(q.dtype)
             k_rot = cache.rope[layer][:B, :span].to(q.dtype)
-            if self.absorb:
+            if self.absorb and isinstance(self.kv_b_proj, nn.Linear):  # not int8-quantised
                 return self.o_proj(self._absorbed(q_nope, q_rot, latent, k_rot, mask))
         y = self._expanded(q_nope, q_rot, latent, k_rot, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -390,7 +390,9 @@ class Router(nn.Module):
         self.config = config
         self.weight = nn.Parameter(torch.zeros(config.n_routed_experts, config.hidden_size))
         self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
-        self.register_buffer("load", torch.zeros(config.n_routed_experts), persistent=False)
+        # Tokens per expert since the last `after_step`: a plain tensor, not a buffer, which DDP would
+        # overwrite with rank 0's at every forward.
+        self.load: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights, experts), each (N, num_experts_per_tok), for the N token rows of `x`."""
@@ -409,7 +411,8 @@ class Router(nn.Module):
         if c.norm_topk_prob:
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
         if self.training:
-            self.load += torch.bincount(experts.flatten(), minlength=E).to(self.load.dtype)
+            counts = torch.bincount(experts.flatten(), minlength=E).float()
+            self.load = counts if self.load is None else self.load + counts
         return weights * c.routed_scaling_factor, experts
 
 
@@ -423,8 +426,12 @@ def dispatch(
     counts = torch.bincount(chosen.flatten(), minlength=len(experts)).tolist()
     tokens = order // k
     parts = x[tokens].split(counts)
-    # Every expert runs, on no rows if none chose it, so each has a gradient (DDP needs one).
-    y = torch.cat([expert(part) for expert, part in zip(experts, parts, strict=True)])
+    # In training every expert runs, on no rows if none chose it, so each has a gradient (DDP needs
+    # one); in inference an idle one is skipped (int8's packed kernel cannot take zero rows).
+    grad = torch.is_grad_enabled()
+    y = torch.cat(
+        [expert(part) if grad or len(part) else part for expert, part in zip(experts, parts, strict=True)]
+    )
     y = y * weights.flatten()[order, None]
     return torch.zeros_like(x).index_add_(0, tokens, y.to(x.dtype))
 
@@ -517,10 +524,12 @@ class DeepseekV3(Llama):
         routers = self.routers()
         if not routers:
             return
-        loads = torch.stack([r.load for r in routers])
+        loads = torch.stack(
+            [r.load if r.load is not None else torch.zeros_like(r.e_score_correction_bias) for r in routers]
+        )
         if reduce is not None:
             loads = reduce(loads)
         step = self.config.router_bias_update * torch.sign(loads.mean(dim=-1, keepdim=True) - loads)
         for router, delta in zip(routers, step, strict=True):
             router.e_score_correction_bias += delta.to(router.e_score_correction_bias.dtype)
-            router.load.zero_()
+            router.load = None

@@ -253,6 +253,11 @@ def read_architecture(directory: Path) -> tuple[dict, Family]:
     if lacking := [key for key in needed if not isinstance(config.get(key), int)]:
         raise UserError(f"{path} lacks {', '.join(lacking)}; it is not a complete model config")
     family = FAMILIES.get(config.get("model_type"))
+    if config.get("model_type") == "deepseek_v3":
+        raise UserError(
+            f"{directory} is a DeepSeek-V3 model (latent attention and experts), which GGUF export does not "
+            "map to llama.cpp; it runs on PyTorch (`--engine torch`, which `--engine auto` picks for it)"
+        )
     if family is None:
         raise UserError(
             f"GGUF export writes {', '.join(FAMILIES)} models; {directory} is model_type "

@@ -765,18 +765,9 @@ def load_pretrained(
         model = build_model(config)
     model.load_state_dict(state, assign=True)
     model.model.rotary = type(model.model.rotary)(config).to(device)
-    _fresh_buffers(model, device)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
-
-
-def _fresh_buffers(model: nn.Module, device) -> None:
-    """Buffers a checkpoint does not hold (a router's load count) are made on `device`, not left on meta."""
-    for module in model.modules():
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            if buffer.is_meta:
-                module.register_buffer(name, torch.zeros(buffer.shape, device=device), persistent=False)
 
 
 def chat_tuned(directory: Path) -> bool | None:

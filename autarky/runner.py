@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 
 from autarky.console import UserError, console
-from autarky.model import KVCache, Llama
+from autarky.model import Llama
 
 
 class Runner(Protocol):
@@ -57,8 +57,8 @@ class TorchRunner:
         self.vocab_size = config.vocab_size
         self.device = model.model.embed_tokens.weight.device
         dtype = model.model.norm.weight.dtype
-        self.cache = KVCache(config, slots, self.context, device=self.device, dtype=dtype)
-        self.staged = KVCache(config, 1, self.context, device=self.device, dtype=dtype)
+        self.cache = model.new_cache(slots, self.context, device=self.device, dtype=dtype)
+        self.staged = model.new_cache(1, self.context, device=self.device, dtype=dtype)
         self.running = 0
 
     def stage(self) -> None:
@@ -70,11 +70,7 @@ class TorchRunner:
         return logits[0]
 
     def join(self, row: int) -> None:
-        n = int(self.staged.lengths[0])
-        for k, v, sk, sv in zip(self.cache.k, self.cache.v, self.staged.k, self.staged.v, strict=True):
-            k[row, :, :n] = sk[0, :, :n]
-            v[row, :, :n] = sv[0, :, :n]
-        self.cache.lengths[row] = n
+        self.cache.take(self.staged, 0, row)
         self.running = row + 1
 
     def decode(self, tokens: list[int]) -> torch.Tensor:
@@ -89,9 +85,7 @@ class TorchRunner:
         owner, whose attention reads the row's stale positions with weight 0, and 0 × NaN is NaN.
         """
         if scrub:
-            for k, v in zip(self.cache.k, self.cache.v, strict=True):
-                k[row].zero_()
-                v[row].zero_()
+            self.cache.scrub(row)
         last = self.running - 1
         if row != last:
             self.cache.move(last, row)

@@ -182,9 +182,9 @@ class Group:
         state = get_model_state_dict(self.wrapped, options=options)
         if not self.main:
             return None
-        from autarky.model import Llama
+        from autarky.model import build_model
 
-        whole = Llama(model.config)
+        whole = build_model(model.config)
         whole.load_state_dict({k.removeprefix("lm."): v for k, v in state.items()})
         return whole
 
