@@ -28,6 +28,7 @@ from autarky.artifact import Artifact, sha256_file
 from autarky.console import UserError, console
 from autarky.evaluate import bits_per_byte, token_byte_lengths
 from autarky.model import Llama, load_pretrained, preset_config, save_pretrained
+from autarky.model import build_model as new_model
 from autarky.tokenizer import Tokenizer
 from autarky.tokens import load_tokens
 from autarky.train import distributed
@@ -303,7 +304,7 @@ def build_model(config: TrainConfig, tokenizer: Artifact, vocab_size: int, init:
     """A fresh model of the preset sized to the tokenizer, or `init`'s weights when fine-tuning."""
     torch.manual_seed(config.seed)
     if init is None:
-        return Llama(preset_config(config.preset, vocab_size))
+        return new_model(preset_config(config.preset, vocab_size))
     ours, theirs = tokenizer.path / "tokenizer.json", init.path / "tokenizer.json"
     if not theirs.is_file() or sha256_file(theirs) != sha256_file(ours):
         raise UserError(
