@@ -176,7 +176,7 @@ def word_fertility(tokenizer, texts: Iterable[str], batch_size: int = 256) -> di
     """
     import numpy as np
 
-    from autarky.tokenizer import _batched, _with_ratios
+    from autarky.tokenizer import _batched
 
     totals = {"documents": 0, "bytes": 0, "tokens": 0, "words": 0, "short_words": 0}
     for batch in _batched(texts, batch_size):
@@ -191,28 +191,31 @@ def word_fertility(tokenizer, texts: Iterable[str], batch_size: int = 256) -> di
             totals["tokens"] += len(enc.ids)
             totals["words"] += len(spans)
             totals["short_words"] += int((per_word <= SHORT_WORD).sum())
-    result = _with_ratios(totals)
+    return _ratios(totals)
+
+
+def _ratios(totals: dict) -> dict:
+    from autarky.tokenizer import _with_ratios
+
     words = totals["words"]
-    result["short_word_share"] = round(totals["short_words"] / words, 4) if words else None
-    return result
+    return {
+        **_with_ratios(totals),
+        "short_word_share": round(totals["short_words"] / words, 4) if words else None,
+    }
 
 
-def val_fertility(tokenizers: dict, corpus: Artifact, max_bytes: int) -> dict:
-    """{tokenizer label: {language: fertility}} on the corpus's val split, every language and "all"."""
+def val_fertility(tokenizer, corpus: Artifact, max_bytes: int) -> dict:
+    """`val` (all languages) and `val_by_lang` on the corpus's val split, as `autarky tokenizer` reports them."""
     from autarky.tokenizer import _capped_texts
 
     by_lang: dict[str, list[str]] = defaultdict(list)
     for doc in _capped_texts(corpus, "val", max_bytes, "measuring on val", ("text", "lang")):
         by_lang[doc.get("lang") or "und"].append(doc["text"])
     if not by_lang:
-        return {label: {} for label in tokenizers}
-    result = {}
-    for label, tokenizer in tokenizers.items():
-        per = {lang: word_fertility(tokenizer, texts) for lang, texts in sorted(by_lang.items())}
-        if len(per) > 1:
-            per["all"] = word_fertility(tokenizer, [t for texts in by_lang.values() for t in texts])
-        result[label] = per
-    return result
+        return {"val": None, "val_by_lang": {}}
+    per = {lang: word_fertility(tokenizer, texts) for lang, texts in sorted(by_lang.items())}
+    keys = ("documents", "bytes", "tokens", "words", "short_words")
+    return {"val": _ratios({k: sum(m[k] for m in per.values()) for k in keys}), "val_by_lang": per}
 
 
 # ---------------------------------------------------------------- the stage
@@ -284,14 +287,14 @@ def _build_tokenizer(builder: Builder, model: Artifact, corpus: Artifact, config
         if (model.path / f).is_file():
             shutil.copyfile(model.path / f, builder.dir / f)
     new = Tokenizer.load(builder.dir)
-    fertility = val_fertility({"before": old, "after": new}, corpus, config.max_eval_bytes)
     builder.metrics = {
         "vocab_size": new.vocab_size,
         "old_vocab_size": old.vocab_size,
         "added_tokens": len(ids),
         "first_ids": [ids[0], ids[-1]],
         "sample": [new.decode([i]) for i in ids[:SAMPLE_TOKENS]],
-        "val": fertility,
+        **val_fertility(new, corpus, config.max_eval_bytes),  # the shape a trained tokenizer's metrics have
+        "before": val_fertility(old, corpus, config.max_eval_bytes),
     }
     return builder.finish()
 
@@ -332,6 +335,6 @@ def _build_model(builder: Builder, model: Artifact, tokenizer: Artifact) -> Arti
         "parameters": sum(p.numel() for p in net.parameters()),
         "vocab_size": rows,
         "added_tokens": tokenizer.metrics["added_tokens"],
-        "val": tokenizer.metrics["val"],
+        **{k: tokenizer.metrics[k] for k in ("val", "val_by_lang", "before")},
     }
     return builder.finish()

@@ -61,10 +61,15 @@ def extended(base):
 
 def test_russian_words_take_fewer_tokens_and_every_text_round_trips(extended, base):
     tokenizer, model = extended
-    val = tokenizer.metrics["val"]
-    assert val["after"]["ru"]["tokens_per_word"] < val["before"]["ru"]["tokens_per_word"]
-    assert val["after"]["ru"]["short_word_share"] >= val["before"]["ru"]["short_word_share"]
-    assert val["after"]["ru"]["bytes_per_token"] > val["before"]["ru"]["bytes_per_token"]
+    after, before = tokenizer.metrics["val_by_lang"]["ru"], tokenizer.metrics["before"]["val_by_lang"]["ru"]
+    assert after["tokens_per_word"] < before["tokens_per_word"]
+    assert after["short_word_share"] >= before["short_word_share"]
+    assert after["bytes_per_token"] > before["bytes_per_token"]
+    assert {"en", "ru"} <= set(tokenizer.metrics["val_by_lang"])
+    assert tokenizer.metrics["val"]["words"] == sum(
+        v["words"] for v in tokenizer.metrics["val_by_lang"].values()
+    )
+    assert model.metrics["val_by_lang"] == tokenizer.metrics["val_by_lang"]
     old, new = Tokenizer.load(base.model.path), Tokenizer.load(tokenizer)
     assert new.vocab_size == old.vocab_size + ADDED == model.metrics["vocab_size"]
     ru = " ".join(RUSSIAN)
@@ -116,6 +121,11 @@ def test_lineage_names_both_inputs_and_verify_passes(extended, base):
         env=cli_env(base.workdir),
     )
     assert run.returncode == 0, run.stderr
+    from autarky.evaluate.report import tokenizer_section
+
+    assert any(
+        "ru" in line for line in tokenizer_section(tokenizer)
+    )  # `autarky report` reads it as any tokenizer
     again = extend(base.model, base.corpus, base.workdir, VocabConfig(tokens=ADDED))
     assert [a.id for a in again] == [tokenizer.id, model.id]  # the same recipe is reused, not remade
 

@@ -264,9 +264,11 @@ def _print_extension(tokenizer: artifact.Artifact, model: artifact.Artifact) -> 
     )
     for column in ("language", "words", "tokens/word", "words in ≤ 2 tokens", "bytes/token"):
         table.add_column(column, justify="left" if column == "language" else "right")
-    before, after = m["val"]["before"], m["val"]["after"]
-    for lang, b in before.items():
-        a = after[lang]
+    before, after = m["before"], m
+    rows = [(lang, b, after["val_by_lang"][lang]) for lang, b in before["val_by_lang"].items()]
+    if before["val"] and len(rows) > 1:
+        rows.append(("all", before["val"], after["val"]))
+    for lang, b, a in rows:
         table.add_row(
             lang,
             f"{b['words']:,}",
