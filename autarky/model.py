@@ -214,10 +214,11 @@ PRESETS: dict[str, dict] = {
         rope_theta=500000.0,
     ),
     # DeepSeek-V3 family (autarky/deepseek.py): about the active parameters per token of the dense
-    # preset beside it (the shared expert and two of 8 or 16 routed ones ≈ the dense MLP), with
-    # several times its total parameters; attention is MLA with a latent cache.
+    # preset beside it (the shared and the routed experts a token uses ≈ the dense MLP), with several
+    # times its total parameters; attention is MLA with a latent cache.
     "moe-tiny": dict(
         model_type="deepseek_v3",
+        tie_word_embeddings=True,
         hidden_size=256,
         intermediate_size=688,
         moe_intermediate_size=224,
@@ -233,6 +234,7 @@ PRESETS: dict[str, dict] = {
     ),
     "moe-small": dict(
         model_type="deepseek_v3",
+        tie_word_embeddings=True,
         hidden_size=512,
         intermediate_size=1376,
         moe_intermediate_size=448,
@@ -250,6 +252,7 @@ PRESETS: dict[str, dict] = {
     ),
     "moe-base": dict(
         model_type="deepseek_v3",
+        tie_word_embeddings=True,
         hidden_size=768,
         intermediate_size=2048,
         moe_intermediate_size=512,
@@ -268,9 +271,10 @@ PRESETS: dict[str, dict] = {
     ),
     "moe-1b": dict(
         model_type="deepseek_v3",
+        tie_word_embeddings=True,
         hidden_size=2048,
         intermediate_size=8192,
-        moe_intermediate_size=1024,
+        moe_intermediate_size=1408,
         num_hidden_layers=16,
         num_attention_heads=16,
         q_lora_rank=768,
@@ -279,10 +283,10 @@ PRESETS: dict[str, dict] = {
         qk_rope_head_dim=64,
         v_head_dim=128,
         n_shared_experts=2,
-        n_routed_experts=64,
-        num_experts_per_tok=6,
-        n_group=8,
-        topk_group=4,
+        n_routed_experts=32,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
         max_position_embeddings=4096,
         rope_theta=500000.0,
     ),

@@ -21,7 +21,11 @@ MTP_SETTINGS = ("mtp", "mtp_weight", "mtp_keep")
 class TrainConfig:
     default_steps: ClassVar[int] = 1000  # --max-steps when neither it nor --minutes is given
 
-    preset: str = setting("tiny", help="Model size: tiny (~4M), small (~30M), base (~125M), 1b.")
+    preset: str = setting(
+        "tiny",
+        help="Model size: tiny (~4M), small (~30M), base (~125M), 1b; mixtures of experts (DeepSeek-V3): "
+        "moe-tiny, moe-small, moe-base, moe-1b.",
+    )
     seq_len: int = setting(256, help="Tokens per training window.")
     batch_size: int = setting(16, help="Windows per micro-batch.")
     grad_accum: int = setting(1, help="Micro-batches per optimizer step.")
