@@ -94,10 +94,10 @@ def test_curate_accounts_for_every_document(tmp_path):
     texts = {d["text"] for d in kept}
     assert RUSSIAN[0] in texts and RUSSIAN[2] in texts
     assert RUSSIAN[1] + "\n\nВторой абзац." in texts  # decoded, CRLF and blank lines normalised
-    for name in ("stats.json", "report.md", "languages.png", "drops.png", "lengths.png"):
+    for name in ("stats.json", "report.md", "languages.svg", "drops.svg", "lengths.svg"):
         assert (corpus.path / name).is_file()
     report = (corpus.path / "report.md").read_text()
-    assert "![drops](drops.png)" in report and "| exact_dedup | exact_duplicate | 2 |" in report
+    assert "![drops](drops.svg)" in report and "| exact_dedup | exact_duplicate | 2 |" in report
     assert json.loads((corpus.path / "stats.json").read_text())["documents_in"] == m["documents_in"]
     columns = pq.read_schema(next((corpus.path / "shards").glob("train-*.parquet"))).names
     assert {"id", "text", "lang", "source", "source_sha256", "split", "tags"} <= set(columns)

@@ -155,10 +155,9 @@ def test_an_unknown_language_code_is_refused_with_the_codes_known(tmp_path):
 
 
 def test_the_known_codes_are_the_models_own():
-    from autarky.data.langid import _get_detector
+    from autarky.data.langid import get_model
 
-    model = _get_detector()._get_model(low_memory=True)
-    labels, _ = model.predict("any text at all", k=-1, threshold=-1.0)
+    labels, _ = get_model().predict("any text at all", k=-1, threshold=-1.0)
     assert LANGUAGES == {label.removeprefix("__label__") for label in labels}
 
 

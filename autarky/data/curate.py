@@ -54,7 +54,10 @@ PART_SCHEMA = (
     .append(pa.field("_hash", pa.binary(16)))
     .append(pa.field("_bytes", pa.int64()))
 )
-TASK_BYTES = 16 << 20  # a batch of source files for one worker: the unit of parallelism and of resume
+# A batch of source files for one worker, the unit of parallelism and of resume: a 64th of the run,
+# between these bounds, so that even a corpus of tens of MB keeps two workers busy to the end.
+TASK_BYTES = 16 << 20
+MIN_TASK_BYTES = 1 << 20
 TASK_FILES = 256
 MAX_LISTED = 100  # errors and passed-over files the manifest lists (stats.json lists them all)
 LARGEST = 10  # documents and sources the manifest and report name, the longest first
@@ -122,10 +125,15 @@ class Task:
 
 
 def plan_tasks(sources: list[Source], config: CurateConfig, parts: Path) -> list[Task]:
-    """Consecutive batches of up to TASK_BYTES / TASK_FILES; they depend on the sources alone, so resume finds them."""
+    """Consecutive batches of up to a 64th of the bytes (within MIN_TASK_BYTES..TASK_BYTES) and TASK_FILES.
+
+    They depend on the sources alone, never on the workers, so resume finds them and any number of
+    workers makes the same parts.
+    """
+    limit = min(TASK_BYTES, max(MIN_TASK_BYTES, sum(s.bytes for s in sources) // 64))
     tasks, batch, size = [], [], 0
     for i, source in enumerate(sources):
-        if batch and (size + source.bytes > TASK_BYTES or len(batch) >= TASK_FILES):
+        if batch and (size + source.bytes > limit or len(batch) >= TASK_FILES):
             tasks.append(Task(len(tasks), tuple(batch), config, str(parts)))
             batch, size = [], 0
         batch.append((i, source))
@@ -549,7 +557,10 @@ def _map(found: list[Source], config: CurateConfig, parts: Path, executor: Execu
             rate = done_bytes / max(time.perf_counter() - started, 1e-9) / 1e6
             bar.update(job, advance=len(task.sources), rate=f"{rate:.1f} MB/s of {total_bytes / 1e6:.0f} MB")
 
-        return executor.run(process_task, tasks, on_done)
+        # the largest first, so that no big batch starts last and leaves the other workers idle
+        order = sorted(tasks, key=lambda t: -t.bytes)
+        results = executor.run(process_task, order, on_done)
+        return [r for _, r in sorted(zip(order, results, strict=True), key=lambda pair: pair[0].index)]
 
 
 def _gather(

@@ -10,8 +10,9 @@ someone else (`$RAY_ADDRESS`) never sends a corpus elsewhere.
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -61,7 +62,12 @@ class Executor:
 
 
 def run_local(fn: Callable, tasks: Sequence, workers: int, on_done: Callable) -> list:
-    """In a process pool on this machine; inline, without one, for one worker or one task."""
+    """In a process pool on this machine; inline, without one, for one worker or one task.
+
+    This process is one of the workers: the pool's `workers - 1` processes take tasks from the
+    front, this one from the back, until they meet. Left to wait, it would leave a core idle, and
+    the pool's processes each spend their first half second starting up, which this one has done.
+    """
     results: list = [None] * len(tasks)
     if workers <= 1 or len(tasks) <= 1:
         for i, task in enumerate(tasks):
@@ -69,12 +75,35 @@ def run_local(fn: Callable, tasks: Sequence, workers: int, on_done: Callable) ->
             on_done(task)
         return results
     # forkserver: workers must not inherit the progress bar's thread or a half-held lock.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
-        futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
-        for future in as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()
+    pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=get_context("forkserver"))
+    finished: queue.SimpleQueue[int] = queue.SimpleQueue()  # indices of futures done (or cancelled)
+    futures = [pool.submit(fn, task) for task in tasks]
+    for i, future in enumerate(futures):
+        future.add_done_callback(lambda _, i=i: finished.put(i))
+    left = set(range(len(tasks)))  # not yet returned, by the pool or by this process
+
+    def collect(block: bool) -> None:
+        """What the pool has finished: waiting for one with `block`, else only those already done."""
+        while left and (block or not finished.empty()):
+            i = finished.get()
+            if i in left and not futures[i].cancelled():
+                results[i] = futures[i].result()
+                left.discard(i)
+                on_done(tasks[i])
+            block = False
+
+    try:
+        for i in reversed(range(len(tasks))):
+            if not futures[i].cancel():  # the pool has started it, and every one before it
+                break
+            results[i] = fn(tasks[i])
+            left.discard(i)
             on_done(tasks[i])
+            collect(block=False)
+        while left:
+            collect(block=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 

@@ -180,10 +180,10 @@ def render(model: Artifact, evals: list[Artifact]) -> tuple[str, dict[str, Path]
         else:
             lines += sections.get(a.kind, other_section)(a)
         if a.kind == "corpus":
-            for png in ("drops.png", "languages.png"):
-                if (a.path / png).is_file():
-                    charts[f"corpus-{a.name}-{png}"] = a.path / png
-                    lines += [f"![{png[:-4]} of {a.name}](corpus-{a.name}-{png})", ""]
+            for chart in ("drops.svg", "languages.svg"):
+                if (a.path / chart).is_file():
+                    charts[f"corpus-{a.name}-{chart}"] = a.path / chart
+                    lines += [f"![{chart[:-4]} of {a.name}](corpus-{a.name}-{chart})", ""]
     for e in evals:
         lines += eval_section(e, charts)
     if not evals:
