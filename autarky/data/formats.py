@@ -6,6 +6,13 @@ members, JSON lines, Parquet rows, WARC records) that every container and reader
 bomb of any kind stops at the budget with a `SourceError`, which the pipeline records. Archive
 members that are not read (hidden, `..` or absolute paths, unknown types, links) are recorded as
 passed over, never dropped in silence.
+
+A source is read whole up to MAX_FILE_BYTES. Past it, text and JSON lines (on disk or in a
+.gz/.bz2/.xz/.zst stream) are read in pieces of PIECE_BYTES through the `STREAMS` readers: a text
+becomes one document per piece, cut at a paragraph or line end; JSON lines stay a document each.
+Only a piece is held at a time (a compressed stream holds up to the cap, to learn whether it is
+over it); what a compressed stream decompresses to still comes out of the source's budget. Other
+formats over the cap (PDF, DOCX, EPUB, archives, Parquet) are refused: their readers need it whole.
 """
 
 from __future__ import annotations
@@ -25,12 +32,18 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from autarky.data.decode import decode, looks_binary
 from autarky.data.document import valid_unicode
 from autarky.data.html import decode_html, extract
 
 Triples = Iterator[tuple[str, str, dict]]
+
+MAX_FILE_BYTES = 1 << 30  # the most of one source (or decompressed stream) read whole
+PIECE_BYTES = 8 << 20  # what a source over it is read in: under the 10M-character document cap
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text", ".rst", ".log")
 
 
 class SourceError(Exception):
@@ -158,7 +171,7 @@ def dispatch(data: bytes, name: str, reading: Reading) -> Triples:
 # ------------------------------------------------------------------ text and JSON lines
 
 
-@reader(".txt", ".md", ".markdown", ".text", ".rst", ".log")
+@reader(*TEXT_SUFFIXES)
 def read_text(data: bytes, name: str, reading: Reading) -> Triples:
     """A plain text file is one document."""
     if looks_binary(data):
@@ -171,9 +184,13 @@ def read_text(data: bytes, name: str, reading: Reading) -> Triples:
 def read_jsonl(data: bytes, name: str, reading: Reading) -> Triples:
     """One JSON object per line: the text in `text_field`; `id_field` kept as `source_id`."""
     reading.count(data.count(b"\n") + 1, "JSON lines")
-    text_field, id_field = reading.options.text_field, reading.options.id_field
-    text, encoding = decode(data)
-    for number, line in enumerate(text.splitlines(), 1):
+    yield from _records(decode(data)[0].splitlines(), 0, reading.options)
+
+
+def _records(lines: list[str], before: int, options: ReadOptions) -> Triples:
+    """The documents of JSON lines numbered from `before + 1`."""
+    text_field, id_field = options.text_field, options.id_field
+    for number, line in enumerate(lines, before + 1):
         if not line.strip():
             continue
         try:
@@ -191,6 +208,135 @@ def read_jsonl(data: bytes, name: str, reading: Reading) -> Triples:
             yield str(number), "", {**meta, "invalid": f"no_{text_field}_field"}
             continue
         yield str(number), value, meta
+
+
+# ------------------------------------------------------------------ sources over the cap, in pieces
+
+
+class Stream(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
+StreamReader = Callable[[Stream, str, Reading], Triples]
+
+
+def read_text_stream(stream: Stream, name: str, reading: Reading) -> Triples:
+    """A text over the cap: a document per piece of up to PIECE_BYTES, ended after a blank line or a
+    line end in its second half when there is one; `piece` and byte `offset` in its meta."""
+    carry, offset, index = b"", 0, 0
+    while True:
+        block = stream.read(PIECE_BYTES)
+        data = carry + block
+        while len(data) > PIECE_BYTES or (data and not block):
+            cut = _piece_end(data) if len(data) > PIECE_BYTES else len(data)
+            if looks_binary(data[:cut]):
+                raise SourceError(f"binary data, not text, at byte {offset:,}")
+            text, encoding = decode(data[:cut])
+            yield (
+                f"piece{index}",
+                text,
+                {"encoding": encoding, "format": "text", "piece": index, "offset": offset},
+            )
+            data, offset, index = data[cut:], offset + cut, index + 1
+        if not block:
+            return
+        carry = data
+
+
+def _piece_end(data: bytes) -> int:
+    """Where the piece at the start of `data` (longer than a piece) ends: after its last blank line or line end past the
+    middle of PIECE_BYTES, else at PIECE_BYTES moved back to the start of a UTF-8 character."""
+    for separator in (b"\n\n", b"\n"):
+        at = data.rfind(separator, PIECE_BYTES // 2, PIECE_BYTES)
+        if at >= 0:
+            return at + len(separator)
+    cut = PIECE_BYTES
+    while cut > PIECE_BYTES - 4 and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut
+
+
+def read_jsonl_stream(stream: Stream, name: str, reading: Reading) -> Triples:
+    """JSON lines over the cap, a piece at a time: the same documents, keys and line numbers as read whole."""
+    carry, lines = b"", 0
+    while True:
+        block = stream.read(PIECE_BYTES)
+        data = carry + block
+        cut = data.rfind(b"\n") + 1 if block else len(data)
+        if block and len(data) - cut > MAX_FILE_BYTES:
+            raise SourceError(f"a JSON line longer than {MAX_FILE_BYTES >> 20} MB at line {lines + 1:,}")
+        piece, carry = data[:cut], data[cut:]
+        reading.count(piece.count(b"\n") + (0 if block else 1), "JSON lines")
+        text = decode(piece)[0].splitlines()
+        yield from _records(text, lines, reading.options)
+        lines += len(text)
+        if not block:
+            return
+
+
+class _Budgeted:
+    """A decompressing stream whose every byte is paid for from the source's budget."""
+
+    def __init__(self, stream, what: str, reading: Reading, head: list[bytes] | None = None) -> None:
+        self.stream, self.what, self.reading, self.head = stream, what, reading, head or []
+
+    def read(self, n: int, /) -> bytes:
+        if self.head:  # what was read to learn whether the stream is over the cap
+            return self.head.pop(0)
+        try:
+            data = self.stream.read(n)
+        except (EOFError, OSError, lzma.LZMAError) as e:
+            raise SourceError(f"truncated or corrupt {self.what}: {e}") from e
+        self.reading.take(len(data), self.what)
+        return data
+
+
+def read_compressed_stream(raw: Stream, name: str, reading: Reading) -> Triples:
+    """A compressed file: read whole when it decompresses to at most the cap (as any file), else in
+    pieces when what it holds is text or JSON lines; `x.pdf.gz` over the cap is refused."""
+    inner, _, kind = name.rpartition(".")
+    kind = kind.lower()
+    stream = _Budgeted(_decompressor(raw, kind), f"{'zstd' if kind == 'zst' else kind} stream", reading)
+    head, size = [], 0
+    while size <= MAX_FILE_BYTES and (block := stream.read(PIECE_BYTES)):
+        head.append(block)
+        size += len(block)
+    if size <= MAX_FILE_BYTES:
+        yield from dispatch(b"".join(head), inner, reading)
+        return
+    if suffix_of(inner) in COMPRESSED:  # compressed twice: its inner stream is no text to cut
+        raise SourceError(too_large(inner, f"decompresses to more than {MAX_FILE_BYTES >> 20} MB"))
+    stream.head = head
+    yield from dispatch_stream(stream, inner, reading, f"decompresses to more than {MAX_FILE_BYTES >> 20} MB")
+
+
+STREAMS: dict[str, StreamReader] = {
+    **dict.fromkeys((*TEXT_SUFFIXES, ""), read_text_stream),
+    ".jsonl": read_jsonl_stream,
+    ".ndjson": read_jsonl_stream,
+    **dict.fromkeys(COMPRESSED, read_compressed_stream),
+}
+
+
+def dispatch_stream(stream: Stream, name: str, reading: Reading, what: str) -> Triples:
+    """(key, text, meta) for each document of a source over the cap, read in pieces by the reader its
+    name calls for; a `SourceError` saying `what` of it when its format is read whole only."""
+    suffix = suffix_of(name)
+    if suffix not in STREAMS and READERS.get(suffix, read_plain) is read_plain:
+        suffix = ""  # a man page, a log rotated to `syslog.1`, a plain name: text
+    if suffix not in STREAMS:
+        raise SourceError(too_large(name, what))
+    for key, text, meta in STREAMS[suffix](stream, name, reading):
+        meta.setdefault("format", suffix.lstrip(".") or "text")
+        yield key, text, meta
+
+
+def too_large(name: str, what: str) -> str:
+    kind = suffix_of(name) or "such"
+    return (
+        f"{what}, the most read whole; only text and JSON lines (and their .gz, .bz2, .xz, .zst) "
+        f"are read in pieces, not a {kind} file"
+    )
 
 
 # ------------------------------------------------------------------ archives and compression
@@ -316,17 +462,21 @@ def _unzstd(data: bytes, reading: Reading) -> bytes:
     return _read_limited(stream, "zstd stream", reading)
 
 
-@reader(".gz", ".bz2", ".xz", ".zst")
+def _decompressor(raw: Stream, kind: str) -> Stream:
+    """The decompressing file object for a suffix without its dot: gz, bz2, xz or zst."""
+    if kind == "zst":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw)
+    if kind == "gz":
+        return gzip.GzipFile(fileobj=raw)
+    return {"bz2": bz2.BZ2File, "xz": lzma.LZMAFile}[kind](raw)  # a file object where a name goes
+
+
+@reader(*COMPRESSED)
 def read_compressed(data: bytes, name: str, reading: Reading) -> Triples:
     """One compressed file: decompress, then read it as what its inner name says (x.jsonl.gz → JSON lines)."""
-    inner, _, kind = name.rpartition(".")
-    kind = kind.lower()
-    if kind == "zst":
-        plain = _unzstd(data, reading)
-    else:
-        opener = {"gz": gzip.GzipFile, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}[kind]
-        plain = _read_limited(opener(fileobj=io.BytesIO(data)), f"{kind} stream", reading)
-    yield from dispatch(plain, inner, reading)
+    yield from read_compressed_stream(io.BytesIO(data), name, reading)
 
 
 # ------------------------------------------------------------------ tables

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from autarky.artifact import sha256_file
 from autarky.console import UserError
+from autarky.data import formats
 from autarky.data.document import Document, document_id, valid_unicode
 from autarky.data.formats import (
     READERS,
@@ -27,15 +28,23 @@ from autarky.data.formats import (
     ReadOptions,
     SourceError,
     dispatch,
+    dispatch_stream,
     plain_name,
     sniff,
     suffix_of,
 )
 from autarky.data.steps import Filter
 
-__all__ = ["ReadCheck", "ReadOptions", "Source", "SourceError", "find_sources", "not_read", "read_source"]
+__all__ = [
+    "ReadCheck",
+    "ReadOptions",
+    "Source",
+    "SourceError",
+    "find_sources",
+    "not_read",
+    "read_source",
+]
 
-MAX_FILE_BYTES = 1 << 30  # one source file as it lies on disk
 NOT_FOLLOWED = "link out of the source tree, not followed (--follow-links reads it)"
 
 
@@ -256,29 +265,40 @@ def read_source(
     and what reader libraries warned about to `warnings` as {path, warning}.
     """
     try:
-        with open(source.location or source.path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        f = open(source.location or source.path, "rb")  # noqa: SIM115 (closed below, after the documents)
     except OSError as e:
         raise SourceError(f"cannot read: {e.strerror or e}") from e
-    if len(data) > MAX_FILE_BYTES:
-        raise SourceError(f"larger than {MAX_FILE_BYTES >> 20} MB")
-    reading = Reading(source.path, len(data), options)
-    try:
-        for key, text, meta in dispatch(data, source.path, reading):
-            member = meta.get("member")
-            yield Document(
-                id=document_id(source.sha256, source.copy, key),
-                text=valid_unicode(text),
-                source=valid_unicode(f"{source.path}!{member}" if member else source.path),
-                source_sha256=source.sha256,
-                tags=dict(source.tags),
-                meta={k: valid_unicode(v) if isinstance(v, str) else v for k, v in meta.items()},
-            )
-    finally:
-        if passed_over is not None:
-            passed_over += reading.skipped
-        if warnings is not None:
-            warnings += reading.warnings
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > formats.MAX_FILE_BYTES:
+            reading = Reading(source.path, size, options)
+            what = f"larger than {formats.MAX_FILE_BYTES >> 20} MB"
+            triples = dispatch_stream(f, source.path, reading, what)
+        else:
+            try:
+                data = f.read(formats.MAX_FILE_BYTES + 1)
+            except OSError as e:
+                raise SourceError(f"cannot read: {e.strerror or e}") from e
+            if len(data) > formats.MAX_FILE_BYTES:  # it grew since it was hashed
+                raise SourceError(f"larger than {formats.MAX_FILE_BYTES >> 20} MB")
+            reading = Reading(source.path, len(data), options)
+            triples = dispatch(data, source.path, reading)
+        try:
+            for key, text, meta in triples:
+                member = meta.get("member")
+                yield Document(
+                    id=document_id(source.sha256, source.copy, key),
+                    text=valid_unicode(text),
+                    source=valid_unicode(f"{source.path}!{member}" if member else source.path),
+                    source_sha256=source.sha256,
+                    tags=dict(source.tags),
+                    meta={k: valid_unicode(v) if isinstance(v, str) else v for k, v in meta.items()},
+                )
+        finally:
+            if passed_over is not None:
+                passed_over += reading.skipped
+            if warnings is not None:
+                warnings += reading.warnings
 
 
 class ReadCheck(Filter):
