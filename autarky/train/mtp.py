@@ -13,6 +13,7 @@ or kept beside it, in `mtp.safetensors` under DeepSeek-V3's names, for speculati
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -122,19 +123,10 @@ class MTP(nn.Module):
         segment_ids: torch.Tensor | None,
     ) -> list[torch.Tensor]:
         """Each depth's mean cross-entropy over the positions that have a target at that depth."""
-        B, T = input_ids.shape
-        if segment_ids is None:
-            positions, mask = torch.arange(T, device=input_ids.device).unsqueeze(0), None
-        else:
-            positions, mask = packed_layout(segment_ids)
-        embed = self.lm.model.embed_tokens
-        cos, sin = self.lm.model.rotary(positions, embed.weight.dtype)
         # The next tokens, one step further per depth; the row's end is padded (those targets are ignored).
         following = torch.cat((input_ids[:, 1:], targets[:, -1:].clamp(min=0)), dim=1)
         losses = []
-        for k, module in enumerate(self.mtp, 1):
-            h = module(h, embed(following), cos, sin, positions, mask)
-            logits = self.lm.lm_head(module.shared_head["norm"](h))
+        for k, logits in enumerate(self.depth_logits(h, following, segment_ids), 1):
             wanted = depth_targets(targets, k, segment_ids)
             total = F.cross_entropy(
                 logits.float().view(-1, logits.size(-1)),
@@ -143,8 +135,39 @@ class MTP(nn.Module):
                 reduction="sum",
             )
             losses.append(total / (wanted != IGNORE).sum().clamp(min=1))
-            following = torch.cat((following[:, 1:], following[:, -1:]), dim=1)
         return losses
+
+    def depth_logits(
+        self, h: torch.Tensor, following: torch.Tensor, segment_ids: torch.Tensor | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Each depth's logits in turn, from the last block's output `h` and `following` (B, T), the
+        token after each position: depth k at position i predicts the token k+1 after it."""
+        T = following.size(1)
+        if segment_ids is None:
+            positions, mask = torch.arange(T, device=following.device).unsqueeze(0), None
+        else:
+            positions, mask = packed_layout(segment_ids)
+        embed = self.lm.model.embed_tokens
+        cos, sin = self.lm.model.rotary(positions, embed.weight.dtype)
+        for module in self.mtp:
+            h = module(h, embed(following), cos, sin, positions, mask)
+            yield self.lm.lm_head(module.shared_head["norm"](h))
+            following = torch.cat((following[:, 1:], following[:, -1:]), dim=1)
+
+    @torch.no_grad()
+    def accepted_per_step(self, ids: torch.Tensor) -> float:
+        """Tokens a greedy self-speculative decoding step yields on `ids` (1, T), a greedy
+        continuation of the main model: its own next token plus the drafts of depths 1..D up to the
+        first the main model would not have chosen, averaged over every position with all D drafts
+        checkable. On a greedy trajectory teacher forcing is exactly what verification computes."""
+        h = self.lm.hidden(ids)
+        T, D = ids.size(1), len(self.mtp)
+        following = torch.cat((ids[:, 1:], ids[:, -1:]), dim=1)
+        matched = []
+        for k, logits in enumerate(self.depth_logits(h, following), 1):
+            matched.append(logits[0, : T - D - 1].argmax(-1) == ids[0, k + 1 : T - D + k])
+        accepted = torch.stack(matched).long().cumprod(dim=0).sum(dim=0)  # the longest matching prefix
+        return 1.0 + accepted.float().mean().item()
 
 
 def attach(lm: nn.Module, config) -> nn.Module:
