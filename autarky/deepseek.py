@@ -13,8 +13,9 @@ What differs from Llama (autarky/model.py), in data-flow order:
   goes through, plus `num_experts_per_tok` of `n_routed_experts` routed experts chosen by sigmoid
   scores (plus `e_score_correction_bias`, within the best `topk_group` of `n_group` groups).
   Tokens are sorted by expert and each expert runs once on its tokens: no loop over tokens.
-- Auxiliary-loss-free balancing (DeepSeek-V3 §2.1.2): the training loop calls `after_step`, which
-  nudges each router's bias toward the experts that got fewer tokens in that step.
+- Auxiliary-loss-free balancing (DeepSeek-V3 §2.1.2): the training loop calls each router's
+  `after_step`, which nudges its bias toward the experts that got fewer tokens in that step (the
+  routers of multi-token prediction blocks too: the loop finds every module with an `after_step`).
 
 The model subclasses `Llama` for what is the same: `forward` = `hidden` then `head`, packed
 `segment_ids`, the optimizer, so generation, serving and training take either family.
@@ -34,6 +35,11 @@ from autarky.console import UserError
 from autarky.model import MLP, Llama, RMSNorm, rotate_half
 
 ARCHITECTURE = "DeepseekV3ForCausalLM"
+# A cached step of at most this many new tokens (decoding) runs with kv_b_proj absorbed: its cost grows
+# with the cache by 2·kv_lora_rank + rope per head and cached token, where expanding re-projects the
+# whole cache every step. A longer chunk (a prompt's prefill) expands, which costs less per score and
+# keeps the fused attention kernel. An int8-quantised kv_b_proj always expands (it has no float weight).
+ABSORB_MAX_TOKENS = 16
 
 
 @dataclass
@@ -348,7 +354,7 @@ class Attention(nn.Module):
             span = mask.shape[-1]
             latent = cache.latent[layer][:B, :span].to(q.dtype)
             k_rot = cache.rope[layer][:B, :span].to(q.dtype)
-            if self.absorb and isinstance(self.kv_b_proj, nn.Linear):  # not int8-quantised
+            if self.absorb and T <= ABSORB_MAX_TOKENS and isinstance(self.kv_b_proj, nn.Linear):
                 return self.o_proj(self._absorbed(q_nope, q_rot, latent, k_rot, mask))
         y = self._expanded(q_nope, q_rot, latent, k_rot, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -414,6 +420,20 @@ class Router(nn.Module):
             counts = torch.bincount(experts.flatten(), minlength=E).float()
             self.load = counts if self.load is None else self.load + counts
         return weights * c.routed_scaling_factor, experts
+
+    @torch.no_grad()
+    def after_step(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Auxiliary-loss-free balancing, which the training loop calls after each optimizer step: the
+        bias rises by γ (`router_bias_update`) for the experts that got fewer tokens than the mean in
+        this step and falls for those that got more. It changes which experts are chosen, never their
+        weights, and no gradient sees it. `reduce` averages the loads over ranks, so every rank makes
+        the same update."""
+        load = self.load if self.load is not None else torch.zeros_like(self.e_score_correction_bias)
+        if reduce is not None:
+            load = reduce(load)
+        step = self.config.router_bias_update * torch.sign(load.mean() - load)
+        self.e_score_correction_bias += step.to(self.e_score_correction_bias.dtype)
+        self.load = None
 
 
 def dispatch(
@@ -514,22 +534,3 @@ class DeepseekV3(Llama):
         per_expert = 3 * c.hidden_size * c.moe_intermediate_size
         idle = len(self.routers()) * (c.n_routed_experts - c.num_experts_per_tok) * per_expert
         return self.num_params(non_embedding=True) - idle
-
-    @torch.no_grad()
-    def after_step(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        """Auxiliary-loss-free balancing, once per optimizer step: each router's bias rises by γ for
-        the experts that got fewer tokens than the mean in this step and falls for those that got more
-        (it changes which experts are chosen, never their weights). `reduce` sums or averages the loads
-        over ranks, so every rank makes the same update."""
-        routers = self.routers()
-        if not routers:
-            return
-        loads = torch.stack(
-            [r.load if r.load is not None else torch.zeros_like(r.e_score_correction_bias) for r in routers]
-        )
-        if reduce is not None:
-            loads = reduce(loads)
-        step = self.config.router_bias_update * torch.sign(loads.mean(dim=-1, keepdim=True) - loads)
-        for router, delta in zip(routers, step, strict=True):
-            router.e_score_correction_bias += delta.to(router.e_score_correction_bias.dtype)
-            router.load = None

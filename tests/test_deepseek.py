@@ -156,7 +156,7 @@ def test_the_router_bias_moves_load_off_an_overloaded_expert():
             model(x)
         loads.append(router.load[0].item() / router.load.sum().item())
         before = router.weight.clone()
-        model.after_step()
+        router.after_step()
         assert torch.equal(router.weight, before) and router.load is None
     assert loads[0] > 0.3 and loads[-1] < loads[0] / 2
     bias = router.e_score_correction_bias

@@ -193,8 +193,8 @@ def train_step(
         loss_sum += out if config.mtp else loss.detach()  # with --mtp, `out` holds the losses (mtp.py)
     grad_norm = ranks.whole(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
     optimizer.step()
-    for lm in (m for m in getattr(model, "module", model).modules() if hasattr(m, "after_step")):
-        lm.after_step(ranks.mean)  # a DeepSeek model balances its experts' load (autarky/deepseek.py)
+    for router in (m for m in getattr(model, "module", model).modules() if hasattr(m, "after_step")):
+        router.after_step(ranks.mean)  # a DeepSeek router balances its experts' load (autarky/deepseek.py)
     optimizer.zero_grad(set_to_none=True)
     losses = ranks.mean(loss_sum / accum)
     depths = {f"mtp_loss_{k}": losses[k] for k in range(1, len(losses))}
