@@ -148,6 +148,11 @@ def open_runner(
     chosen = choose_engine(engine)
     if engine == "auto" and chosen == "torch" and not torch.cuda.is_available():
         console.print(f"[yellow]note:[/] running on PyTorch, slower on a CPU: {llamacpp.available()}")
+    if engine == "auto" and chosen == "llama.cpp" and _model_type(Path(model_path)) == "deepseek_v3":
+        console.print(
+            "[yellow]note:[/] running on PyTorch: GGUF export does not map DeepSeek-V3 models to llama.cpp"
+        )
+        chosen = "torch"
     if chosen == "llama.cpp":
         try:
             gguf = llamacpp.gguf_for(Path(model_path), dtype)
@@ -159,3 +164,13 @@ def open_runner(
     if threads:
         torch.set_num_threads(threads)
     return TorchRunner(load_model(Path(model_path), dtype), slots, context)
+
+
+def _model_type(model_path: Path) -> str | None:
+    """config.json's model_type, or None where it cannot be read (loading the model says why)."""
+    import json
+
+    try:
+        return json.loads((model_path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -278,3 +278,24 @@ def test_bad_settings_are_one_sentence(settings, message, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(hf))
     with pytest.raises(UserError, match=message):
         read_config(tmp_path)
+
+
+def test_multi_token_prediction_layers_of_a_checkpoint_are_skipped(tmp_path):
+    """DeepSeek-V3's own checkpoints hold their MTP module as a layer after the last; it is not part
+    of the causal LM, so loading skips it (as transformers does), while a missing tensor is refused."""
+    from safetensors.torch import load_file, save_file
+
+    model = random_model()
+    save_pretrained(model, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    state = load_file(weights)
+    save_file(
+        {**state, "model.layers.4.eh_proj.weight": torch.zeros(48, 96)}, weights, metadata={"format": "pt"}
+    )
+    x = torch.randint(0, 320, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(load_pretrained(tmp_path / "m")(x)[0], model(x)[0])
+    del state["model.layers.3.mlp.experts.7.up_proj.weight"]
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"missing \['model.layers.3.mlp.experts.7.up_proj.weight'\]"):
+        load_pretrained(tmp_path / "m")
