@@ -2,8 +2,8 @@
 
 A byte-level BPE tokenizer trained on English splits a Russian word into many pieces (a Cyrillic
 letter is two bytes); every extra piece costs a step of training and of generation. `extend` learns
-N new merges on a corpus's train split, starting from the segmentation the old tokenizer gives each
-word, and appends them after the old merges, so:
+merges on a corpus's train split, starting from the segmentation the old tokenizer gives each word,
+until N new tokens come out, and appends them after the old merges, so:
 
 - text in which no new merge fires is encoded exactly as before (the old ids, the old model rows);
 - every new token is reachable: its merge rule is in the tokenizer, not only its vocabulary entry;
@@ -16,11 +16,10 @@ starts from a model that already roughly knows each new token. The old rows are 
 
 from __future__ import annotations
 
-import heapq
 import json
 import re
 import shutil
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,9 @@ from autarky.options import setting
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 SHORT_WORD = 2  # a word in this many tokens or fewer counts as "short" (the figure T-pro reports)
 SAMPLE_TOKENS = 20
+# Old token i is the character SYMBOL_BASE + i while new merges are learned: planes 2 and up, where no
+# character is whitespace, for vocabularies of up to 800k tokens.
+SYMBOL_BASE = 0x20000
 
 
 @dataclass
@@ -59,87 +61,88 @@ class VocabConfig:
 # ---------------------------------------------------------------- learning merges
 
 
-def word_counts(hf, texts: Iterable[str]) -> Counter:
-    """How often each pre-tokenized piece (a word, in the tokenizer's own alphabet) occurs."""
-    counts: Counter = Counter()
-    for text in texts:
-        if hf.normalizer is not None:
-            text = hf.normalizer.normalize_str(text)
-        counts.update(piece for piece, _ in hf.pre_tokenizer.pre_tokenize_str(text))
-    return counts
+def as_symbols(hf, texts: Iterable[str], batch_size: int = 64) -> tuple[list[str], set[int]]:
+    """Each text as the old tokenizer splits it: one character per old token (its id moved into
+    Unicode's unassigned planes), a space between words; and the set of ids used.
 
-
-def learn_merges(
-    segments: dict[tuple[str, ...], int], known: set[str], n: int, min_frequency: int
-) -> list[tuple[str, str]]:
-    """Up to `n` merges, most frequent pair first, on words already split as the old tokenizer splits them.
-
-    A pair whose concatenation the vocabulary already holds is never merged: it would give an old
-    token a second way in, and old text would then be encoded differently. Pair counts are kept up to
-    date incrementally (a heap with stale entries skipped), so each merge costs only the words it touches.
+    BPE's trainer then continues from the old segmentation as if each old token were a letter. The
+    tokenizer encodes in Rust on all cores; `word_ids` says which word each token came from.
     """
-    words = [list(w) for w in segments]
-    counts = list(segments.values())
-    pairs: Counter = Counter()
-    where: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for i, word in enumerate(words):
-        for pair in zip(word, word[1:], strict=False):
-            pairs[pair] += counts[i]
-            where[pair].add(i)
-    heap = [(-c, p) for p, c in pairs.items()]
-    heapq.heapify(heap)
-    merges: list[tuple[str, str]] = []
-    known = set(known)
-    while heap and len(merges) < n:
-        count, pair = heapq.heappop(heap)
-        if -count != pairs.get(pair) or pair[0] + pair[1] in known:
-            continue  # a stale entry (its count changed since) or a token the vocabulary has
-        if -count < min_frequency:
-            break
-        merges.append(pair)
-        known.add(pair[0] + pair[1])
-        changed = set()
-        for i in where.pop(pair):
-            changed |= _merge_word(words, counts[i], i, pair, pairs, where)
-        for p in changed:
-            if pairs[p] > 0:
-                heapq.heappush(heap, (-pairs[p], p))
-    return merges
+    import numpy as np
+
+    from autarky.tokenizer import _batched
+
+    hf = type(hf).from_str(hf.to_str())  # a copy, so that switching truncation off leaves the caller's alone
+    hf.no_truncation()
+    hf.encode_special_tokens = True  # text is text: no control tokens from it, as `Tokenizer` encodes
+    texts_out, seen = [], set()
+    for batch in _batched(texts, batch_size):
+        for enc in hf.encode_batch(batch, add_special_tokens=False):
+            if not enc.ids:
+                continue
+            ids = np.array(enc.ids, dtype=np.uint32)
+            words = np.array(enc.word_ids, dtype=np.int64)
+            codes = np.insert(ids + SYMBOL_BASE, np.flatnonzero(words[1:] != words[:-1]) + 1, ord(" "))
+            texts_out.append(codes.astype("<u4").tobytes().decode("utf-32-le"))
+            seen.update(np.unique(ids).tolist())
+    return texts_out, seen
 
 
-def _merge_word(words, count, i, pair, pairs, where) -> set:
-    """Merge `pair` in word i, left to right as the tokenizer does; update the pair counts; return the pairs touched."""
-    old = words[i]
-    new, j = [], 0
-    while j < len(old):
-        if j + 1 < len(old) and (old[j], old[j + 1]) == pair:
-            new.append(old[j] + old[j + 1])
-            j += 2
-        else:
-            new.append(old[j])
-            j += 1
-    if len(new) == len(old):
-        return set()  # the pair was gone from this word already
-    for p in zip(old, old[1:], strict=False):
-        pairs[p] -= count
-    for p in zip(new, new[1:], strict=False):
-        pairs[p] += count
-        where[p].add(i)
-    words[i] = new
-    return set(zip(old, old[1:], strict=False)) | set(zip(new, new[1:], strict=False))
+def train_merges(symbols: list[str], alphabet: int, n: int, min_frequency: int) -> list[tuple[str, str]]:
+    """Up to `n` merges of symbol strings, most frequent pair first: the `tokenizers` BPE trainer."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(vocab_size=alphabet + n, min_frequency=min_frequency, show_progress=False)
+    hf.train_from_iterator(symbols, trainer=trainer)
+    merges = json.loads(hf.to_str())["model"]["merges"]
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+
+
+def learn_merges(hf, texts: Iterable[str], n: int, min_frequency: int) -> tuple[list[tuple[str, str]], int]:
+    """Merges, in the tokenizer's own token strings, that make `n` new tokens; and how many new
+    tokens they make (fewer than `n` where the corpus offers no more).
+
+    A merge whose result the vocabulary already holds (the old tokenizer reaches that token by
+    another path) is kept as a rule, as the trainer learned it, but makes no new token; so the
+    trainer is asked for more merges until `n` new tokens come out or no pair is seen
+    `min_frequency` times any more.
+    """
+    symbols, used = as_symbols(hf, texts)
+    vocab = hf.get_vocab(with_added_tokens=True)
+    names = {i: t for t, i in vocab.items()}
+    text_of = {chr(SYMBOL_BASE + i): names[i] for i in used}
+    extra = n // 8 + 16
+    while True:
+        learned = train_merges(symbols, len(used), n + extra, min_frequency)
+        merges, known = [], set(vocab)
+        for a, b in learned:
+            pair = ("".join(map(text_of.__getitem__, a)), "".join(map(text_of.__getitem__, b)))
+            merges.append(pair)
+            known.add(pair[0] + pair[1])
+            if len(known) - len(vocab) == n:
+                return merges, n
+        if len(learned) < n + extra:  # the trainer ran out of pairs seen often enough
+            return merges, len(known) - len(vocab)
+        extra *= 2
 
 
 def extended_json(hf, merges: list[tuple[str, str]]) -> tuple[str, list[int]]:
-    """The tokenizer.json with the merges appended (after every old one) and their tokens given new ids."""
+    """The tokenizer.json with the merges appended (after every old one) and each new token given a new id."""
     data = json.loads(hf.to_str())
-    model = data["model"]
-    taken = [*model["vocab"].values(), *(t["id"] for t in data.get("added_tokens") or [])]
-    next_id = max(taken) + 1
+    model, added = data["model"], data.get("added_tokens") or []
+    vocab = model["vocab"]
+    known = set(vocab) | {t["content"] for t in added}
+    next_id = max([*vocab.values(), *(t["id"] for t in added)]) + 1
     ids = []
     for a, b in merges:
-        model["vocab"][a + b] = next_id
-        ids.append(next_id)
-        next_id += 1
+        if a + b not in known:
+            vocab[a + b] = next_id
+            known.add(a + b)
+            ids.append(next_id)
+            next_id += 1
     as_strings = bool(model["merges"]) and isinstance(model["merges"][0], str)
     model["merges"] += [f"{a} {b}" if as_strings else [a, b] for a, b in merges]
     return json.dumps(data, ensure_ascii=False), ids
@@ -264,21 +267,17 @@ def _build_tokenizer(builder: Builder, model: Artifact, corpus: Artifact, config
 
     old = Tokenizer.load(model.path)
     check_extensible(old.hf, model.path)
-    words = word_counts(old.hf, _capped_texts(corpus, "train", config.max_train_bytes, "reading train text"))
-    segments: Counter = Counter()
-    for word, count in words.items():
-        segments[tuple(t.value for t in old.hf.model.tokenize(word))] += count
-    known = set(old.hf.get_vocab(with_added_tokens=True))
-    merges = learn_merges(segments, known, config.tokens, config.min_frequency)
-    if not merges:
+    texts = _capped_texts(corpus, "train", config.max_train_bytes, "reading train text")
+    merges, offered = learn_merges(old.hf, texts, config.tokens, config.min_frequency)
+    if not offered:
         raise UserError(
             f"the tokenizer of {model.name} already has every token corpus {corpus.name} offers (no pair of "
             f"its tokens that it leaves apart is seen {config.min_frequency} times): there is nothing to add"
         )
-    if len(merges) < config.tokens:
+    if offered < config.tokens:
         raise UserError(
-            f"corpus {corpus.name} offers only {len(merges)} new tokens (pairs seen at least "
-            f"{config.min_frequency} times that the tokenizer leaves apart); pass --tokens {len(merges)} or "
+            f"corpus {corpus.name} offers only {offered} new tokens (pairs seen at least "
+            f"{config.min_frequency} times that the tokenizer leaves apart); pass --tokens {offered} or "
             "less, or give it more text"
         )
     text, ids = extended_json(old.hf, merges)
