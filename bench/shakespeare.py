@@ -17,13 +17,28 @@ run: the bits per byte of a unigram model (each token's frequency in the trainin
 context) on the same windows with the same function; the ratio shows what the context buys.
 The anchor from outside: nanoGPT's CPU recipe (a character model) reaches 1.886 nats/char = 2.72
 bits/byte in about 110 s on the 2-core dev machine; the target is 2.72 in under 55 s.
-The last line printed is a JSON object with `seconds_to_target` and `best_bpb`.
+
+Then the whole user path through the CLI, as subprocesses in a temporary workspace: `autarky
+curate` on the one file (one document: val is the end of its text, a position split, with no flag;
+`--val-fraction 0.1` only to hold out nanoGPT's tenth), `autarky tokenizer`, `autarky tokenize`
+and `autarky train` with the same recipe and budget (the model is `--cli-preset`, since `autarky
+train` takes a preset, not the shape above). Its figures count what a user waits for: seconds from
+`autarky train`'s start, and from `autarky curate`'s, until the evaluation that reaches the target
+is written to the run's metrics.jsonl (process start, data loading and evaluations included), and
+the best bits per byte in the budget, scored by the same function on the last tenth of the text.
+`--path step` or `--path cli` runs one of the two.
+The last line printed is a JSON object with `seconds_to_target`, `best_bpb` and the CLI path's figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +55,7 @@ from autarky.train.muon import make_optimizer
 
 TARGET_BPB = 2.72
 TARGET_SECONDS = 55.0
+NANOGPT_SECONDS = 110.0  # nanoGPT's CPU recipe to 2.72 on the 2-core dev machine (recorded, not run here)
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,6 +92,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--muon-lr", type=float, default=0.02)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    p.add_argument(
+        "--path",
+        choices=["both", "step", "cli"],
+        default="both",
+        help="the product's training step in this process, the whole CLI path, or both (default)",
+    )
+    p.add_argument("--cli-preset", default="tiny", help="autarky train --preset for the CLI path")
     return p.parse_args()
 
 
@@ -157,10 +180,8 @@ def build(args: argparse.Namespace, vocab_size: int, special_ids: dict) -> tuple
     return Llama(model_config).train(), config
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run_step(args: argparse.Namespace) -> dict:
+    """The product's training step in this process: the figure the bench has always given."""
     wall_start = time.perf_counter()
     text = args.path.read_text(encoding="utf-8")
     cut = int(len(text) * 0.9)
@@ -223,14 +244,157 @@ def main() -> None:
         "machine": machine(),
         "curve": curve,
     }
-    write_result("shakespeare", result)
     print(
         f"best {best:.4f} bits/byte = {result['best_over_unigram']:.3f}× the unigram reference "
         f"({unigram.bpb:.4f}); {TARGET_BPB} reached after "
         + (f"{crossed['seconds']} s of training" if crossed else "never")
         + f" (target < {TARGET_SECONDS:.0f} s)"
     )
-    print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
+    return result
+
+
+def autarky(*args: str, env: dict[str, str]) -> dict:
+    """One CLI command in the workspace, its `--json` answer parsed; its progress goes to our stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "autarky", *args, "--json"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    if done.returncode:
+        raise SystemExit(f"autarky {args[0]} failed (exit {done.returncode})")
+    return json.loads(done.stdout)
+
+
+def train_args(args: argparse.Namespace, tokens: str, workdir: Path) -> list[str]:
+    """`autarky train` with the recipe the step figure uses (its --preset aside) and the same budget."""
+    budget = ["--max-steps", str(args.max_steps)] if args.max_steps else ["--minutes", str(args.minutes)]
+    flags = {
+        "--preset": args.cli_preset,
+        "--seq-len": args.seq_len,
+        "--batch-size": args.batch_size,
+        "--lr": args.lr,
+        "--min-lr-ratio": args.min_lr_ratio,
+        "--warmup-steps": args.warmup_steps,
+        "--schedule": args.schedule,
+        "--weight-decay": args.weight_decay,
+        "--eval-interval": args.eval_interval,
+        "--eval-tokens": args.eval_tokens,
+        "--seed": args.seed,
+        "--precision": args.precision,
+        "--optimizer": args.optimizer,
+        "--muon-lr": args.muon_lr,
+        "--checkpoint-interval": 10**9,
+        "--checkpoint-minutes": 0,
+    }
+    named = [str(x) for flag, value in flags.items() for x in (flag, value)]
+    return ["train", tokens, "-w", str(workdir), "--name", "cli", *named, *budget]
+
+
+def watch_training(command: list[str], history: Path, env: dict[str, str], path_start: float) -> dict:
+    """Run `autarky train`, noting when each evaluation lands in its metrics.jsonl (polled every 0.1 s)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autarky", *command, "--json"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    curve: list[dict] = []
+    seen = 0
+    while True:
+        running = process.poll() is None
+        lines = history.read_text().splitlines() if history.is_file() else []
+        for line in lines[seen:]:
+            record = json.loads(line) if line.endswith("}") else {}
+            if "val_bpb" in record:
+                now = time.perf_counter()
+                curve.append(
+                    {
+                        "train_wall_s": round(now - start, 2),
+                        "path_wall_s": round(now - path_start, 2),
+                        "step": record["step"],
+                        "val_bpb": round(record["val_bpb"], 4),
+                    }
+                )
+        seen = len(lines) if lines and lines[-1].endswith("}") else max(len(lines) - 1, seen)
+        if not running:
+            break
+        time.sleep(0.1)
+    if process.returncode:
+        raise SystemExit(f"autarky train failed (exit {process.returncode})")
+    return {
+        "curve": curve,
+        "manifest": json.loads(process.stdout.read()),
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def run_cli(args: argparse.Namespace) -> dict:
+    """curate → tokenizer → tokenize → train through the CLI on the one file, in a temporary workspace."""
+    work = Path(tempfile.mkdtemp(prefix="autarky-shakespeare-"))
+    env = dict(os.environ, AUTARKY_WORKDIR=str(work))
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    seconds: dict[str, float] = {}
+    try:
+        start = time.perf_counter()
+        corpus = autarky("curate", str(args.path), "--val-fraction", "0.1", env=env)
+        seconds["curate"] = time.perf_counter() - start
+        tokenizer = autarky("tokenizer", corpus["path"], "--vocab-size", str(args.vocab_size), env=env)
+        seconds["tokenizer"] = time.perf_counter() - start - sum(seconds.values())
+        tokens = autarky(
+            "tokenize", corpus["path"], tokenizer["path"], "--seq-len", str(args.seq_len), env=env
+        )
+        seconds["tokenize"] = time.perf_counter() - start - sum(seconds.values())
+        run = watch_training(
+            train_args(args, tokens["path"], work), work / "model" / "cli" / "metrics.jsonl", env, start
+        )
+        seconds["train"] = run["wall_s"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    curve = run["curve"]
+    crossed = next((c for c in curve if c["val_bpb"] <= TARGET_BPB), None)
+    metrics = run["manifest"]["metrics"]
+    return {
+        "train_seconds_to_target": crossed and crossed["train_wall_s"],
+        "path_seconds_to_target": crossed and crossed["path_wall_s"],
+        "steps_to_target": crossed and crossed["step"],
+        "path_over_nanogpt": crossed and round(crossed["path_wall_s"] / NANOGPT_SECONDS, 3),
+        "best_bpb": min((c["val_bpb"] for c in curve), default=None),
+        "path_wall_seconds": round(sum(seconds.values()), 1),
+        "stage_seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "val_split": corpus["metrics"].get("val_split"),
+        "steps": metrics.get("steps"),
+        "params": metrics.get("parameters"),
+        "tokens_per_s": metrics.get("tokens_per_s"),
+        "preset": args.cli_preset,
+        "curve": curve,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run_step(args) if args.path != "cli" else {}
+    if args.path != "step":
+        cli = run_cli(args)
+        result["cli"] = cli
+        reached = f"{TARGET_BPB} after {cli['train_seconds_to_target']} s of autarky train, "
+        reached += (
+            f"{cli['path_seconds_to_target']} s from curate (nanoGPT's recipe: ~{NANOGPT_SECONDS:.0f} s)"
+        )
+        print(
+            f"CLI path ({cli['preset']}, {cli['params']:,} parameters): best {cli['best_bpb']} bits/byte; "
+            + (reached if cli["path_seconds_to_target"] else f"{TARGET_BPB} never reached")
+            + f"; whole path {cli['path_wall_seconds']} s {cli['stage_seconds']}"
+        )
+    result["nanogpt_seconds"] = NANOGPT_SECONDS
+    if args.path == "cli":
+        result.update(
+            settings={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            machine=machine(),
+        )
+    write_result("shakespeare", result)
+    summary = {k: v for k, v in result.items() if k != "curve"}
+    if "cli" in summary:
+        summary["cli"] = {k: v for k, v in summary["cli"].items() if k != "curve"}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
