@@ -271,3 +271,18 @@ def test_both_spellings_reach_their_stage_with_every_setting(monkeypatch, base):
     seen.clear()
     wrong = CliRunner().invoke(app, ["tokenizer", corpus, "extend"])  # not silently the newest model
     assert wrong.exit_code == 2 and "unexpected extra argument 'extend'" in wrong.output and not seen
+
+
+def test_transformers_reads_the_new_pair_with_the_same_ids_and_logits(extended):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer, model = extended
+    text = " ".join(RUSSIAN)
+    ids = Tokenizer.load(tokenizer).encode(text)
+    assert (
+        AutoTokenizer.from_pretrained(str(tokenizer.path))(text, add_special_tokens=False)["input_ids"] == ids
+    )
+    theirs = LlamaForCausalLM.from_pretrained(str(model.path)).eval()
+    x = torch.tensor([ids[:64]])
+    with torch.no_grad():
+        assert torch.allclose(theirs(x).logits, load_pretrained(model.path)(x)[0], atol=1e-4)
