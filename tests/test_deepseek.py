@@ -299,3 +299,21 @@ def test_multi_token_prediction_layers_of_a_checkpoint_are_skipped(tmp_path):
     save_file(state, weights, metadata={"format": "pt"})
     with pytest.raises(UserError, match=r"missing \['model.layers.3.mlp.experts.7.up_proj.weight'\]"):
         load_pretrained(tmp_path / "m")
+
+
+def test_moe_presets_match_their_dense_neighbours_in_active_parameters():
+    """Each MoE preset uses about the parameters per token of the dense preset beside it (within 10%),
+    and holds more in all; its latent cache is under a third of the dense model's per token."""
+    with torch.device("meta"):
+        models = {
+            name: build_model(preset_config(name, 8192))
+            for name in ("tiny", "moe-tiny", "small", "moe-small")
+        }
+    for dense in ("tiny", "small"):
+        moe, lm = models[f"moe-{dense}"], models[dense]
+        assert abs(moe.active_params() / lm.num_params(non_embedding=True) - 1) < 0.1
+        assert moe.num_params() > 1.5 * lm.num_params()
+        assert 3 * moe.new_cache(1, 1).bytes_per_token() < lm.new_cache(1, 1).bytes_per_token()
+    with torch.device("meta"):
+        big = build_model(preset_config("moe-1b", 32000))
+    assert 0.9e9 < big.active_params() < 1.2e9
