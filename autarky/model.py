@@ -8,6 +8,8 @@ checkpoint that this model would compute differently (another rope type, a slidi
 matters, experts) is refused by name. Modules are in data-flow order: RMSNorm, rotary embedding,
 attention, MLP, block, the backbone, and the causal LM on top; loading and saving come last.
 Attention can read and append to a `KVCache`, which generation and the serving engine share.
+The DeepSeek-V3 family (latent attention, mixture of experts) is autarky/deepseek.py, a subclass of
+`Llama`; `read_config` and `build_model` choose between them by `model_type`.
 """
 
 from __future__ import annotations

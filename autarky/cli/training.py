@@ -61,7 +61,7 @@ def import_command(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config: ImportConfig = None,
 ) -> None:
-    """Import open weights (Llama, Mistral, Qwen2, Qwen3 in safetensors) as a model and a tokenizer artifact.
+    """Import open weights (Llama, Mistral, Qwen2, Qwen3, DeepSeek-V3 in safetensors) as a model and a tokenizer artifact.
 
     Nothing is downloaded and nothing is unpickled; what the model would compute differently is refused by name.
 
