@@ -417,7 +417,7 @@ class CorpusWriter:
         live, to_val, code = self.v.alive[where], self.v.val[where], self.v.code[where]
         positions = rows.column("_source").to_numpy()[live]
         rows = rows.drop_columns(["_source", "_hash", "_bytes"])
-        kept = rows.filter(pa.array(live))
+        kept = _rows_where(rows, live)
         kept = kept.set_column(
             SCHEMA.get_field_index("dup_cluster_size"),
             "dup_cluster_size",
@@ -432,12 +432,12 @@ class CorpusWriter:
         else:
             split = pa.array(np.where(to_val[live], "val", "train"))
             kept = kept.set_column(SCHEMA.get_field_index("split"), "split", split)
-            train, val = kept.filter(pa.array(~to_val[live])), kept.filter(pa.array(to_val[live]))
+            train, val = _rows_where(kept, ~to_val[live]), _rows_where(kept, to_val[live])
         self.train.write_table(train)
         self.val.write_table(val)
         gone = pa.array(code[~live])
         self.dropped.write_table(
-            rows.filter(pa.array(~live))
+            _rows_where(rows, ~live)
             .append_column("step", pc.take(self.step_names, gone))
             .append_column("reason", pc.take(self.reason_names, gone))
         )
@@ -458,6 +458,15 @@ class CorpusWriter:
         for writer in (self.train, self.val, self.dropped):
             writer.close()
         return np.concatenate(self.sizes).astype(np.int64) if self.sizes else np.zeros(0, dtype=np.int64)
+
+
+def _rows_where(rows: pa.Table, mask: np.ndarray) -> pa.Table:
+    """The rows where `mask` holds; without copying their text when it holds for all or none (most batches)."""
+    if mask.all():
+        return rows
+    if not mask.any():
+        return rows.slice(0, 0)
+    return rows.filter(pa.array(mask))
 
 
 # ------------------------------------------------------------------ the stage
