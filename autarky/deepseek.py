@@ -427,7 +427,11 @@ class Router(nn.Module):
         bias rises by γ (`router_bias_update`) for the experts that got fewer tokens than the mean in
         this step and falls for those that got more. It changes which experts are chosen, never their
         weights, and no gradient sees it. `reduce` averages the loads over ranks, so every rank makes
-        the same update."""
+        the same update. A frozen router (LoRA fine-tuning) keeps its bias: the adapters are trained
+        for the base model's routing, and the adapter file holds no bias."""
+        if not self.weight.requires_grad:
+            self.load = None
+            return
         load = self.load if self.load is not None else torch.zeros_like(self.e_score_correction_bias)
         if reduce is not None:
             load = reduce(load)
