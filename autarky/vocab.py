@@ -53,7 +53,7 @@ class VocabConfig:
 
     def validate(self) -> None:
         if self.tokens <= 0:
-            raise UserError(f"tokens is {self.tokens}; extend adds at least one token")
+            raise UserError(f"--tokens is {self.tokens}; extend adds at least one token")
         if self.min_frequency < 1 or self.max_train_bytes < 1 or self.max_eval_bytes < 1:
             raise UserError("min_frequency, max_train_bytes and max_eval_bytes must be positive")
 

@@ -172,31 +172,28 @@ def test_the_cli_prints_before_and_after_and_the_next_commands(extended, base):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("config", "message"),
     [
-        (["--tokens", "0"], "adds at least one token"),
-        (["--tokens", "-3"], "adds at least one token"),
-        (["--tokens", "100000"], "offers only"),
-        (["--min-frequency", "1000000"], "there is nothing to add"),
+        (VocabConfig(tokens=-3), "adds at least one token"),
+        (VocabConfig(tokens=100_000), "offers only"),
+        (VocabConfig(min_frequency=1_000_000), "there is nothing to add"),
     ],
 )
-def test_bad_counts_are_one_sentence_and_exit_2(base, args, message):
+def test_bad_counts_are_one_sentence(base, config, message):
+    with pytest.raises(UserError, match=message):
+        extend(base.model, base.corpus, base.workdir, config)
+    assert not list((base.workdir / "tokenizer").glob("*-ext100000-*"))  # nothing half-made is left
+
+
+def test_the_cli_says_it_in_one_sentence_and_exits_2(base):
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "autarky.cli",
-            "tokenizer",
-            "extend",
-            base.model.name,
-            base.corpus.name,
-            *args,
-        ],
+        [sys.executable, "-m", "autarky.cli", "tokenizer", "extend", base.model.name, base.corpus.name]
+        + ["--tokens", "0"],
         capture_output=True,
         text=True,
         env=cli_env(base.workdir),
     )
-    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert run.returncode == 2 and "--tokens is 0; extend adds at least one token" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
 
 
