@@ -196,3 +196,18 @@ def test_many_small_tasks_make_the_same_corpus_on_one_and_three_workers(tmp_path
     assert made[0].metrics["dropped"]["exact_dedup"] == {"exact_duplicate": 1}
     ids = [[d["id"] for d in iter_documents(c, "train", ("id",))] for c in made]
     assert ids[0] == ids[1]
+
+
+def test_the_write_pass_reads_ahead_in_order_and_its_errors_reach_the_writer():
+    def items():
+        yield from range(50)
+        raise SourceError("a part file went missing")
+
+    got = []
+    with pytest.raises(SourceError, match="went missing"):
+        for item in curate_module.prefetched(items(), depth=2):
+            got.append(item)
+    assert got == list(range(50))
+    early = curate_module.prefetched(iter(range(10**6)), depth=2)
+    assert [next(early) for _ in range(3)] == [0, 1, 2]
+    early.close()  # the reader stops with the writer, and does not hold the process open
