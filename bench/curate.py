@@ -437,6 +437,9 @@ def main() -> None:
         print(f"\n== whole pipeline on {args.ruslit} (no HTML; default config)")
         default = CurateConfig()
         results["ruslit"] = [run_pipeline([args.ruslit], default, w, "ruslit, default steps") for w in (1, 2)]
+        one, two = results["ruslit"]
+        results["ruslit_scaling"] = round(one["wall_s"] / two["wall_s"], 2)
+        print(f"  1 -> 2 workers: {results['ruslit_scaling']:.2f}x the wall-clock speed (target >= 1.7)")
         print("\n== with the quality heuristics judging every document (--quality all)")
         results["ruslit_quality_all"] = run_pipeline(
             [args.ruslit], replace(default, quality_scope="all"), 2, "ruslit, quality on all"
