@@ -377,13 +377,13 @@ class Attention(nn.Module):
         B, H, T, _ = q_nope.shape
         w = self.kv_b_proj.weight.view(H, self.nope + self.v_dim, self.rank)
         w_k, w_v = w[:, : self.nope], w[:, self.nope :]
-        q_latent = torch.einsum("bhtd,hdr->bhtr", q_nope, w_k)
-        scores = q_latent @ latent.unsqueeze(1).transpose(-1, -2) + q_rot @ k_rot.unsqueeze(1).transpose(
-            -1, -2
-        )
-        scores = (scores * self.scaling).masked_fill(~mask, float("-inf"))
-        weights = scores.float().softmax(dim=-1).to(q_nope.dtype)
-        out = torch.einsum("bhtr,hvr->bthv", weights @ latent.unsqueeze(1), w_v)
+        # Heads and new tokens share one matrix dimension, so each product is one batched matmul
+        # against the cache as it is (a broadcast over heads would copy the cache per head).
+        q_latent = torch.einsum("bhtd,hdr->bhtr", q_nope, w_k).reshape(B, H * T, self.rank)
+        scores = q_latent @ latent.transpose(1, 2) + q_rot.reshape(B, H * T, -1) @ k_rot.transpose(1, 2)
+        scores = (scores.view(B, H, T, -1) * self.scaling).masked_fill(~mask, float("-inf"))
+        weights = scores.float().softmax(dim=-1).to(q_nope.dtype).view(B, H * T, -1)
+        out = torch.einsum("bhtr,hvr->bthv", (weights @ latent).view(B, H, T, self.rank), w_v)
         return out.reshape(B, T, H * self.v_dim)
 
 

@@ -44,7 +44,9 @@ DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared/corpora/ruslit"
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="a directory of Russian text")
-    p.add_argument("--tokens", type=Path, help="a tokens artifact to train on instead of making one")
+    p.add_argument(
+        "--tokens", help="a tokens artifact (path, or name in --workdir) to train on instead of making one"
+    )
     p.add_argument("--workdir", type=Path, default=Path("/tmp/autarky-bench-moe"))
     p.add_argument("--minutes", type=float, default=5.0, help="wall clock per model, evaluation included")
     p.add_argument("--train-presets", default="tiny,moe-tiny")
@@ -66,7 +68,7 @@ def tokens_artifact(args: argparse.Namespace):
     from autarky.tokens import tokenize
 
     if args.tokens:
-        return artifact.load(args.tokens, "tokens")
+        return artifact.resolve(args.workdir, str(args.tokens), "tokens")
     corpus = curate([args.source], args.workdir)
     tokenizer = train_tokenizer(corpus, args.workdir, vocab_size=4096)
     return tokenize(corpus, tokenizer, args.workdir)

@@ -317,3 +317,25 @@ def test_moe_presets_match_their_dense_neighbours_in_active_parameters():
     with torch.device("meta"):
         big = build_model(preset_config("moe-1b", 32000))
     assert 0.9e9 < big.active_params() < 1.2e9
+
+
+def test_the_cli_refuses_a_bad_routing_in_one_sentence(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    source = tmp_path / "bad"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"model_type": "deepseek_v3", **SIZE, "n_group": 3}))
+    (source / "model.safetensors").write_bytes(b"")  # never read: the config is refused first
+    done = subprocess.run(
+        [sys.executable, "-m", "autarky", "import", str(source)],
+        env=cli_env(tmp_path / "work"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "n_routed_experts 8 is not divisible by n_group 3" in done.stderr
+    assert not (tmp_path / "work" / "model").exists()
