@@ -404,7 +404,8 @@ class Router(nn.Module):
         """(weights, experts), each (N, num_experts_per_tok), for the N token rows of `x`."""
         c = self.config
         E, groups = c.n_routed_experts, c.n_group
-        scores = F.linear(x.float(), self.weight.float()).sigmoid()
+        with torch.autocast(x.device.type, enabled=False):  # routing in fp32 under bf16 autocast too
+            scores = F.linear(x.float(), self.weight.float()).sigmoid()
         choice = scores + self.e_score_correction_bias.float()
         group_scores = choice.view(-1, groups, E // groups).topk(min(2, E // groups), dim=-1)[0].sum(dim=-1)
         best = group_scores.topk(c.topk_group, dim=-1, sorted=False)[1]
