@@ -177,7 +177,7 @@ def test_formats_read_whole_are_refused_over_the_cap_with_the_reason(tmp_path, s
 
 
 def test_many_small_tasks_make_the_same_corpus_on_one_and_three_workers(tmp_path, monkeypatch):
-    """The run is split into tasks by size (a 64th of it), the largest first, and this process takes
+    """The run is split into tasks by size (a 16th of it), the largest first, and this process takes
     tasks from the back while the pool takes them from the front: the parts still join in order."""
     monkeypatch.setattr(curate_module, "MIN_TASK_BYTES", 1 << 10)
     src = tmp_path / "src"
