@@ -72,3 +72,12 @@ def test_loss_falls_and_a_reloaded_state_continues_exactly():
     resumed = Muon(muon_groups(again, 0.0, 10.0), lr=3e-3)
     resumed.load_state_dict(saved_state)
     assert train(again, resumed, range(30, 35)) == ahead
+
+
+def test_a_stack_of_matrices_is_orthogonalised_each_as_alone():
+    """The optimizer orthogonalises equal-shaped matrices (a mixture's experts) in one batch."""
+    g = torch.randn(5, 24, 40, generator=torch.Generator().manual_seed(3))
+    stacked = orthogonalise(g)
+    for i in range(5):
+        torch.testing.assert_close(stacked[i], orthogonalise(g[i]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(orthogonalise(g.mT), stacked.mT, rtol=1e-4, atol=1e-5)

@@ -21,17 +21,18 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic of Keller Jordan's Mu
 
 
 def orthogonalise(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """An approximately semi-orthogonal matrix with `g`'s singular vectors (U Vᵀ of its SVD)."""
+    """An approximately semi-orthogonal matrix with `g`'s singular vectors (U Vᵀ of its SVD); for a
+    stack of matrices (..., m, n), each one's."""
     a, b, c = NS_COEFFICIENTS
     x = g.bfloat16() if g.is_cuda else g.float()
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x = x / (x.norm() + 1e-7)  # singular values at most 1, where the iteration converges
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values at most 1, where it converges
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -53,19 +54,28 @@ class Muon(torch.optim.Optimizer):
                 self._adamw(group, params)
 
     def _muon(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Matrices of one shape are orthogonalised together, as one batched iteration: a mixture of
+        experts has dozens of equal experts, and one call for each would cost more than the maths."""
         lr = group["lr"] * group["lr_scale"]
+        by_shape: dict[torch.Size, list[torch.Tensor]] = {}
         for p in params:
-            state = self.state[p]
-            if not state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - group["momentum"])
-            update = orthogonalise(p.grad.lerp(buf, group["momentum"]))  # Nesterov
+            by_shape.setdefault(p.shape, []).append(p)
+        for shape, same in by_shape.items():
+            nesterov = []
+            for p in same:
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                nesterov.append(p.grad.lerp(buf, group["momentum"]))
+            updates = orthogonalise(torch.stack(nesterov))
             # Scaled so a tall and a wide matrix move their weights by comparable amounts.
-            scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-            if group["weight_decay"]:
-                p.mul_(1 - lr * group["weight_decay"])
-            p.add_(update, alpha=-lr * scale)
+            scale = max(1.0, shape[0] / shape[1]) ** 0.5
+            for p, update in zip(same, updates, strict=True):
+                if group["weight_decay"]:
+                    p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * scale)
 
     def _adamw(self, group: dict, params: list[torch.Tensor]) -> None:
         beta1, beta2 = group["betas"]
