@@ -13,6 +13,7 @@ or kept beside it, in `mtp.safetensors` under DeepSeek-V3's names, for speculati
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,7 +195,8 @@ def exported_state(trainable: nn.Module) -> dict[str, torch.Tensor]:
 def keep(trainable: nn.Module, directory: Path, config) -> None:
     """With `--mtp-keep`, write the modules beside the sealed model (the manifest hashes the file)."""
     if isinstance(trainable, MTP) and config.mtp_keep:
-        metadata = {"format": "pt", "mtp_depth": str(len(trainable.mtp)), "mtp_weight": str(trainable.weight)}
+        # One key: safetensors writes a header's keys in no fixed order, and the file must be byte-stable.
+        metadata = {"mtp": json.dumps({"depth": len(trainable.mtp), "weight": trainable.weight})}
         save_file(exported_state(trainable), str(Path(directory) / MTP_WEIGHTS), metadata=metadata)
 
 
@@ -208,8 +210,11 @@ def load_kept(lm: nn.Module, directory: Path) -> MTP:
             f"{directory} keeps no prediction modules ({MTP_WEIGHTS}); train it with --mtp D --mtp-keep"
         )
     with safe_open(str(path), "pt") as f:
-        depth = int((f.metadata() or {}).get("mtp_depth", "0"))
-        weight = float((f.metadata() or {}).get("mtp_weight", "0"))
+        try:
+            header = json.loads((f.metadata() or {})["mtp"])
+            depth, weight = int(header["depth"]), float(header["weight"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path} does not say its depth and weight ({e!r})") from e
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model = MTP(lm, depth, weight).to(next(lm.parameters()).device)
     expected = exported_state(model)
