@@ -48,8 +48,8 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         if kernel == "auto":
             kernel = "int8pack" if int8pack_works() else "dequant"
-        if self.in_features % 32:
-            kernel = "dequant"  # torch's packed kernel crashes on such widths (24 inputs, 8+ rows: a segfault)
+        if self.in_features % 32:  # torch's packed kernel crashes on such widths (24 inputs, 8+ rows)
+            kernel = "dequant"
         self.kernel = kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
