@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autarky.console import UserError
-from autarky.model import MLP, Llama, RMSNorm, rotate_half
+from autarky.model import MLP, Block, Llama, RMSNorm, rotate_half
 
 ARCHITECTURE = "DeepseekV3ForCausalLM"
 # A cached step of at most this many new tokens (decoding) runs with kv_b_proj absorbed: its cost grows
@@ -487,45 +487,16 @@ class MoE(nn.Module):
         return dispatch(self.experts, flat, weights, chosen).view_as(x) + self.shared_experts(x)
 
 
-class Block(nn.Module):
-    def __init__(self, config: DeepseekV3Config, layer: int):
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MoE(config) if layer >= config.first_k_dense_replace else MLP(config)
-
-    def forward(self, x, cos, sin, cache=None, layer=0, positions=None, mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, positions, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class Backbone(nn.Module):
-    """HF's `DeepseekV3Model`, named `model` inside the causal LM."""
-
-    def __init__(self, config: DeepseekV3Config):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary = RotaryEmbedding(config)
-
-
 class DeepseekV3(Llama):
-    def __init__(self, config: DeepseekV3Config):
-        nn.Module.__init__(self)
-        config.validate()
-        self.config = config
-        self.model = Backbone(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.num_hidden_layers))
-            elif name.endswith("gate.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02)
+    """The causal LM: Llama's, with MLA attention, mixture-of-experts MLPs after the dense layers,
+    and DeepSeek's rotary embedding."""
+
+    def new_block(self, layer: int) -> Block:
+        c = self.config
+        return Block(c, Attention(c), MoE(c) if layer >= c.first_k_dense_replace else MLP(c))
+
+    def new_rotary(self) -> RotaryEmbedding:
+        return RotaryEmbedding(self.config)
 
     def new_cache(self, batch: int, max_len: int, device=None, dtype=torch.float32) -> LatentCache:
         return LatentCache(self.config, batch, max_len, device=device, dtype=dtype)

@@ -457,12 +457,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """One layer: attention and an MLP (the family's own, where it has its own), each behind a norm."""
+
+    def __init__(self, config: ModelConfig, attention: nn.Module | None = None, mlp: nn.Module | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config)
+        self.self_attn = attention if attention is not None else Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = mlp if mlp is not None else MLP(config)
 
     def forward(self, x, cos, sin, cache=None, layer=0, positions=None, mask=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, positions, mask)
@@ -470,14 +472,15 @@ class Block(nn.Module):
 
 
 class Backbone(nn.Module):
-    """HF's `LlamaModel`: named `model` inside the causal LM so tensor names match."""
+    """HF's `LlamaModel` (`DeepseekV3Model` with DeepSeek's blocks): named `model` inside the causal
+    LM so tensor names match."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layers: list[nn.Module], rotary: nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary = RotaryEmbedding(config)
+        self.rotary = rotary
 
 
 def packed_layout(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -499,7 +502,8 @@ class Llama(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.model = Backbone(config)
+        layers = [self.new_block(i) for i in range(config.num_hidden_layers)]
+        self.model = Backbone(config, layers, self.new_rotary())
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -509,6 +513,15 @@ class Llama(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.num_hidden_layers))
+            elif name.endswith("gate.weight"):  # a router's (DeepSeek-V3): a bare parameter
+                nn.init.normal_(p, mean=0.0, std=0.02)
+
+    def new_block(self, layer: int) -> nn.Module:
+        """Layer `layer` of this family (multi-token prediction builds its own blocks with it too)."""
+        return Block(self.config)
+
+    def new_rotary(self) -> nn.Module:
+        return RotaryEmbedding(self.config)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -774,6 +787,12 @@ def load_pretrained(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+NOT_CHAT_TUNED = (
+    "this model was never chat-tuned (no sft in its lineage): it continues text rather than answering. "
+    "`autarky sft MODEL CHAT` teaches it to chat"
+)
 
 
 def chat_tuned(directory: Path) -> bool | None:

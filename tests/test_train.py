@@ -91,6 +91,7 @@ def _train_cli(pipeline, name, *extra):
     return args
 
 
+@pytest.mark.slow  # about a minute; Ctrl-C resume exactness (below) and a killed two-process run stay in CI
 def test_killed_run_resumes_to_the_same_loss(pipeline):
     env = cli_env(pipeline.workdir)
     reference = subprocess.run(

@@ -98,10 +98,6 @@ def generate(
 
 
 CHAT_COMMANDS = "/help lists these, /reset starts over, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply"
-NOT_CHAT_TUNED = (
-    "this model was never chat-tuned (no sft in its lineage): it continues text rather than answering. "
-    "`autarky sft MODEL CHAT` teaches it to chat"
-)
 
 
 @app.command(rich_help_panel=MODEL)
@@ -122,7 +118,7 @@ def chat(
     Example: [bold]autarky chat latest[/]
     """
     from autarky.generate import fit_conversation
-    from autarky.model import chat_tuned
+    from autarky.model import NOT_CHAT_TUNED, chat_tuned
 
     path = _model_dir(model, workdir)
     net, tokenizer = _load_for_generation(str(path), workdir, engine, dtype)

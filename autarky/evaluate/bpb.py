@@ -61,11 +61,17 @@ def bits_per_byte(
     max_tokens: int | None = None,
     batch_size: int = 16,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    part: tuple[int, int] = (0, 1),
+    total: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Score:
-    """Score `model` (any module whose `model(ids)[0]` are logits) on fixed windows of a token stream."""
-    chunks = windows(token_ids, seq_len, max_tokens)
+    """Score `model` (any module whose `model(ids)[0]` are logits) on fixed windows of a token stream.
+
+    `part` (k, n) scores every n-th window from the k-th, and `total` adds the sums of all n parts
+    (processes that share the work, each scoring its part, all getting the whole stream's score)."""
+    k, n = part
+    chunks = windows(token_ids, seq_len, max_tokens)[k::n]
     batches = ((batch[:, :-1], batch[:, 1:], {}) for batch in chunks.split(batch_size))
-    return score_batches(model, batches, token_bytes, autocast)
+    return score_batches(model, batches, token_bytes, autocast, total)
 
 
 @torch.no_grad()
@@ -74,9 +80,11 @@ def score_batches(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, dict]],
     token_bytes: torch.Tensor,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    total: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Score:
     """Score `model` on (inputs, targets, forward keyword arguments) batches; a target of -100 is
-    not scored (chat fine-tuning scores the assistant's tokens only).
+    not scored (chat fine-tuning scores the assistant's tokens only). `total` turns this process's
+    sums into those of every process sharing the batches.
 
     Sums stay on the device and are read once at the end, so a GPU is not stalled per batch.
     """
@@ -98,9 +106,8 @@ def score_batches(
         n_bytes = n_bytes + weight.sum()
         n_tokens = n_tokens + scored.sum()
     model.train(was_training)
-    nats_total, counted, total_bytes, total_tokens = torch.stack(
-        [nats, counted_nats, n_bytes.double(), n_tokens.double()]
-    ).tolist()
+    sums = torch.stack([nats, counted_nats, n_bytes.double(), n_tokens.double()])
+    nats_total, counted, total_bytes, total_tokens = (total(sums) if total else sums).tolist()
     bpb = counted / math.log(2) / total_bytes if total_bytes else math.nan
     loss = nats_total / total_tokens if total_tokens else math.nan
     return Score(bpb=bpb, loss=loss, tokens=int(total_tokens), bytes=int(total_bytes))

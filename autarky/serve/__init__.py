@@ -230,6 +230,10 @@ def serve(model_path: Path, config: ServeConfig) -> None:
             + ("" if settings.keys.required else " with no API key required (--allow-no-key)")
         )
     engine = app.state.engine
+    if settings.chat_tuned is False:
+        from autarky.model import NOT_CHAT_TUNED
+
+        console.print(f"[yellow]note:[/] {NOT_CHAT_TUNED}; the API and the web chat say so too")
     console.print(
         f"serving [bold]{settings.model_name}[/] ({engine.runner.name}, {config.dtype}, {config.slots} slots of "
         f"{engine.context} tokens) on "

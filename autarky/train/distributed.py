@@ -123,11 +123,15 @@ class Group:
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean over ranks of a per-rank number (each rank's loss on its equal share)."""
+        return self.total(value) / self.world if self.distributed else value
+
+    def total(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of a per-rank number."""
         if not self.distributed:
             return value
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        return value / self.world
+        return value
 
     def whole(self, value: torch.Tensor) -> torch.Tensor:
         """A plain tensor of a sharded result (FSDP's global gradient norm is a DTensor)."""

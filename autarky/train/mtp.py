@@ -12,7 +12,6 @@ or kept beside it, in `mtp.safetensors` under DeepSeek-V3's names, for speculati
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,19 +29,13 @@ MTP_WEIGHTS = "mtp.safetensors"
 
 
 def new_block(lm: nn.Module, layer: int) -> nn.Module:
-    """A fresh transformer block of the kind `lm`'s layers are: the model's own `new_block(layer)`
-    where it has one, else its last layer's class built from the config (with the layer's index where
-    the constructor asks for one: DeepSeek's MTP layer is numbered after the model's layers)."""
-    if hasattr(lm, "new_block"):
-        return lm.new_block(layer)
-    cls = type(lm.model.layers[-1])
-    extra = list(inspect.signature(cls).parameters)[1:]
-    try:
-        return cls(lm.config, layer) if extra else cls(lm.config)
-    except TypeError as e:
+    """A fresh transformer block of `lm`'s family (numbered `layer`: DeepSeek's MTP layer comes after
+    the model's own)."""
+    if not hasattr(lm, "new_block"):
         raise UserError(
-            f"--mtp needs a fresh block of this model's kind ({cls.__name__}), which cannot be built here ({e})"
-        ) from e
+            f"--mtp needs a fresh block of this model's kind, and {type(lm).__name__} cannot make one"
+        )
+    return lm.new_block(layer)
 
 
 class MTPModule(nn.Module):

@@ -255,9 +255,21 @@ def prepare(
 
     token_bytes, autocast = token_byte_lengths(tok), autocast_for(config.precision, device)
 
+    # Under DDP each rank scores its share of the windows and the sums are added; a sharded model
+    # computes every forward on all ranks together, so there each scores them all.
+    part = (group.rank, group.world) if group.distributed and not group.shard else (0, 1)
+
     def evaluate() -> dict[str, float]:
         score = bits_per_byte(
-            model, val_data, token_bytes, config.seq_len, config.eval_tokens, config.batch_size, autocast
+            model,
+            val_data,
+            token_bytes,
+            config.seq_len,
+            config.eval_tokens,
+            config.batch_size,
+            autocast,
+            part,
+            group.total if part[1] > 1 else None,
         )
         return {"val_loss": score.loss, "val_bpb": score.bpb}
 
