@@ -26,7 +26,7 @@ train` takes a preset, not the shape above). Its figures count what a user waits
 `autarky train`'s start, and from `autarky curate`'s, until the evaluation that reaches the target
 is written to the run's metrics.jsonl (process start, data loading and evaluations included), and
 the best bits per byte in the budget, scored by the same function on the last tenth of the text.
-`--path step` or `--path cli` runs one of the two.
+`--run step` or `--run cli` runs one of the two.
 The last line printed is a JSON object with `seconds_to_target`, `best_bpb` and the CLI path's figures.
 """
 
@@ -93,7 +93,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--muon-lr", type=float, default=0.02)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     p.add_argument(
-        "--path",
+        "--run",
         choices=["both", "step", "cli"],
         default="both",
         help="the product's training step in this process, the whole CLI path, or both (default)",
@@ -371,8 +371,8 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_step(args) if args.path != "cli" else {}
-    if args.path != "step":
+    result = run_step(args) if args.run != "cli" else {}
+    if args.run != "step":
         cli = run_cli(args)
         result["cli"] = cli
         reached = f"{TARGET_BPB} after {cli['train_seconds_to_target']} s of autarky train, "
@@ -385,7 +385,7 @@ def main() -> None:
             + f"; whole path {cli['path_wall_seconds']} s {cli['stage_seconds']}"
         )
     result["nanogpt_seconds"] = NANOGPT_SECONDS
-    if args.path == "cli":
+    if args.run == "cli":
         result.update(
             settings={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             machine=machine(),
