@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autarky.console import UserError
-from autarky.model import MLP, Block, Llama, RMSNorm, rotate_half
+from autarky.model import MLP, Block, Llama, RMSNorm, rope_settings, rotate_half
 
 ARCHITECTURE = "DeepseekV3ForCausalLM"
 # A cached step of at most this many new tokens (decoding) runs with kv_b_proj absorbed: its cost grows
@@ -182,18 +182,10 @@ class DeepseekV3Config:
 
 
 def _rope(config: dict, context: int) -> tuple[float, dict | None]:
-    """(theta, yarn scaling or None) from transformers 5's `rope_parameters` or 4's `rope_scaling`."""
-    params = dict(config.get("rope_parameters") or {})
-    params.update(config.get("rope_scaling") or {})
-    theta = float(params.pop("rope_theta", config.get("rope_theta", 10000.0)))
-    kind = params.pop("rope_type", params.pop("type", "default"))
+    """(theta, yarn scaling or None) from a deepseek_v3 config.json."""
+    theta, kind, params = rope_settings(config, "yarn")
     if kind == "default":
         return theta, None
-    if kind != "yarn":
-        raise UserError(
-            f"rope type {kind!r} is not supported for deepseek_v3 (autarky computes default and yarn); "
-            "the checkpoint is refused rather than loaded wrongly"
-        )
     if "factor" not in params:
         raise UserError("the yarn rope scaling lacks its factor")
     params.setdefault("original_max_position_embeddings", context)

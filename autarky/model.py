@@ -138,19 +138,26 @@ class ModelConfig:
         return cls(**{**values, "model_type": model_type, "rope_theta": theta, "rope_scaling": scaling})
 
 
-def _rope(config: dict) -> tuple[float, dict | None]:
-    """(theta, scaling) from either transformers 5's `rope_parameters` or 4's `rope_theta`/`rope_scaling`."""
+def rope_settings(config: dict, supported: str) -> tuple[float, str, dict]:
+    """(theta, rope type, its other settings) from transformers 5's `rope_parameters` or 4's
+    `rope_theta`/`rope_scaling`; a type other than default and `supported` is refused by name."""
     params = dict(config.get("rope_parameters") or {})
     params.update(config.get("rope_scaling") or {})
-    theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
-    kind = params.get("rope_type", params.get("type", "default"))
+    theta = float(params.pop("rope_theta", config.get("rope_theta", 10000.0)))
+    kind = params.pop("rope_type", params.pop("type", "default"))
+    if kind not in ("default", supported):
+        raise UserError(
+            f"rope type {kind!r} is not supported for {config.get('model_type') or 'llama'} (autarky "
+            f"computes default and {supported} rotary embeddings); the checkpoint is refused rather "
+            "than loaded wrongly"
+        )
+    return theta, kind, params
+
+
+def _rope(config: dict) -> tuple[float, dict | None]:
+    theta, kind, params = rope_settings(config, "llama3")
     if kind == "default":
         return theta, None
-    if kind != "llama3":
-        raise UserError(
-            f"rope type {kind!r} is not supported (autarky computes default and llama3 rotary embeddings); "
-            "the checkpoint is refused rather than loaded wrongly"
-        )
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     if missing := [k for k in keys if k not in params]:
         raise UserError(f"the llama3 rope scaling lacks {', '.join(missing)}")
