@@ -95,5 +95,22 @@ def trained(pipeline):
     return train(pipeline.tokens, pipeline.workdir, TrainConfig(**TINY_TRAIN), name="tiny-test")
 
 
+def ctrl_c_while_step_trains(monkeypatch, step: int):
+    """Press Ctrl-C while pretraining's step `step` trains: when the next step's first micro-batch is
+    fetched (the loop fetches it ahead), as a user's key press would land. Returns the batch function
+    it replaced, to put back before resuming."""
+    from autarky.train import pretrain
+
+    get_batch = pretrain.get_batch
+
+    def fetch(data, seed, at, micro, *args):
+        if (at, micro) == (step + 1, 0):
+            signal.raise_signal(signal.SIGINT)
+        return get_batch(data, seed, at, micro, *args)
+
+    monkeypatch.setattr(pretrain, "get_batch", fetch)
+    return get_batch
+
+
 def cli_env(workdir: Path) -> dict:
     return {**os.environ, "AUTARKY_WORKDIR": str(workdir), "COLUMNS": "200"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ from autarky.model import Llama, ModelConfig, state_dict_for_export
 from autarky.tokens import load_tokens
 from autarky.train import TrainConfig, train
 from autarky.train.mtp import IGNORE, MTP, MTP_WEIGHTS, depth_targets, load_kept, new_block
-from tests.conftest import cli_env
+from tests.conftest import cli_env, ctrl_c_while_step_trains
 
 SETTINGS = dict(
     preset="tiny",
@@ -137,14 +136,7 @@ def test_a_stopped_mtp_run_resumes_to_the_same_model(pipeline, mtp_model, monkey
     from autarky.train import pretrain
     from autarky.train.checkpoint import Interrupted
 
-    get_batch = pretrain.get_batch
-
-    def ctrl_c_during_step_6(data, seed, step, micro, *args):
-        if (step, micro) == (7, 0):
-            signal.raise_signal(signal.SIGINT)
-        return get_batch(data, seed, step, micro, *args)
-
-    monkeypatch.setattr(pretrain, "get_batch", ctrl_c_during_step_6)
+    get_batch = ctrl_c_while_step_trains(monkeypatch, 6)
     with pytest.raises(Interrupted) as stop:
         train(pipeline.tokens, pipeline.workdir, TrainConfig(**SETTINGS), name="mtp-stopped")
     assert stop.value.step == 7

@@ -14,7 +14,7 @@ import torch
 from autarky import artifact
 from autarky.console import UserError
 from autarky.train import TrainConfig, lr_at, train
-from tests.conftest import TINY_TRAIN, cli_env
+from tests.conftest import TINY_TRAIN, cli_env, ctrl_c_while_step_trains
 
 
 def test_loss_falls_and_the_artifact_is_complete(trained):
@@ -481,14 +481,7 @@ def test_ctrl_c_checkpoints_at_the_step_it_stops_and_resume_is_exact(pipeline, t
     from autarky.train import pretrain
     from autarky.train.checkpoint import Interrupted
 
-    get_batch = pretrain.get_batch
-
-    def ctrl_c_during_step_22(data, seed, step, micro, *args):
-        if (step, micro) == (23, 0):  # fetched while step 22 trains
-            signal.raise_signal(signal.SIGINT)
-        return get_batch(data, seed, step, micro, *args)
-
-    monkeypatch.setattr(pretrain, "get_batch", ctrl_c_during_step_22)
+    get_batch = ctrl_c_while_step_trains(monkeypatch, 22)
     with pytest.raises(Interrupted) as stop:
         train(pipeline.tokens, pipeline.workdir, TrainConfig(**TINY_TRAIN), name="ctrl-c")
     run_dir = pipeline.workdir / "model" / "ctrl-c"
@@ -562,7 +555,6 @@ def test_a_finished_model_trains_more_from_its_weights_with_init(pipeline, train
 def test_muon_trains_and_a_stopped_run_resumes_to_the_same_model(pipeline, monkeypatch):
     """--optimizer muon: the loss falls as with AdamW, and a Ctrl-C at step 23 resumed gives the very
     model of a run never stopped (Muon's momentum is in the checkpoint)."""
-    import signal
 
     from autarky.train import pretrain
     from autarky.train.checkpoint import Interrupted
@@ -571,14 +563,7 @@ def test_muon_trains_and_a_stopped_run_resumes_to_the_same_model(pipeline, monke
     whole = train(pipeline.tokens, pipeline.workdir, TrainConfig(**config), name="muon-whole")
     assert whole.config["optimizer"] == "muon"
     assert whole.metrics["val_loss"] < whole.metrics["initial_val_loss"] - 0.5
-    get_batch = pretrain.get_batch
-
-    def ctrl_c_during_step_22(data, seed, step, micro, *args):
-        if (step, micro) == (23, 0):
-            signal.raise_signal(signal.SIGINT)
-        return get_batch(data, seed, step, micro, *args)
-
-    monkeypatch.setattr(pretrain, "get_batch", ctrl_c_during_step_22)
+    get_batch = ctrl_c_while_step_trains(monkeypatch, 22)
     with pytest.raises(Interrupted):
         train(pipeline.tokens, pipeline.workdir, TrainConfig(**config), name="muon-stopped")
     monkeypatch.setattr(pretrain, "get_batch", get_batch)
