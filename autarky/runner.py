@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+import threading
+
 import torch
 
 from autarky.console import UserError, console
@@ -174,3 +176,28 @@ def _model_type(model_path: Path) -> str | None:
         return json.loads((model_path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def outside_this_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs) run in a thread that ends when it returns; its result or its exception.
+
+    Why: PyTorch and llama.cpp share one OpenMP runtime, and each thread that runs a parallel region
+    keeps a team of workers for as long as it lives. With more workers alive than cores, libgomp
+    stops spinning at its barriers and sleeps at each one, and llama.cpp meets a barrier after every
+    operation: a second team in the process (a server's main thread that loaded the model) halves
+    its decode speed. Loading in a thread that ends leaves the engine's thread the only team.
+    """
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as e:  # handed to the caller, raised there
+            box["error"] = e
+
+    thread = threading.Thread(target=call, name="autarky-load")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

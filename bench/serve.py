@@ -160,7 +160,7 @@ def free_port() -> int:
 
 
 def start_server(
-    directory: Path, port: int, log: Path, threads: int, engine: str, dtype: str
+    directory: Path, port: int, log: Path, threads: int, engine: str, dtype: str, *extra: str
 ) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -180,6 +180,7 @@ def start_server(
         engine,
         "--dtype",
         dtype,
+        *extra,
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx

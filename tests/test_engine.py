@@ -321,3 +321,23 @@ def test_embeddings_count_against_capacity_and_stop_when_their_client_leaves():
     asyncio.run(main())
     engine.step()
     assert engine.prefilling is None and engine.queue_depth == 0
+
+
+def test_tokens_faster_than_the_stream_interval_are_sent_together():
+    """The first token goes at once; later ones wait for the interval and go in one event, with
+    their logprobs; the text is the same as a token at a time."""
+    ids = prompt(5)
+    texts = {}
+    for interval in (0.0, 3600.0):
+        r, events = request(ids, max_tokens=20, temperature=0)
+        r.logprobs = 0
+        engine = Engine(TorchRunner(MODEL, slots=1), TOK, stream_interval=interval)
+        submit(engine, (r, events))
+        run(engine, (r, events))
+        texts[interval] = text(events)
+        assert sum(len(e.logprobs) for e in events) == 20
+        if interval:
+            assert len(events) == 2 and len(events[0].logprobs) == 1 and events[1].finish_reason == "length"
+        else:
+            assert [len(e.logprobs) for e in events] == [1] * 20  # an event per token
+    assert texts[0.0] == texts[3600.0] == alone(ids, max_tokens=20, temperature=0)

@@ -28,6 +28,8 @@ ALSO_SERVED = (
     "generation_config.json",
 )
 
+STREAM_INTERVAL_MS = 20.0  # ms: a chunk per frame of a 50 Hz screen, far below what a reader notices
+
 
 @dataclass
 class ServeConfig:
@@ -44,6 +46,11 @@ class ServeConfig:
     slots: int = setting(16, help="Requests decoded together (KV-cache rows).")
     max_queue: int = setting(64, help="Requests waiting for a slot before 429s.")
     prefill_chunk: int = setting(128, help="Prompt tokens per engine step.")
+    stream_interval_ms: float = setting(
+        STREAM_INTERVAL_MS,
+        help="Least milliseconds between two streamed chunks of one request; faster tokens are sent "
+        "together (0: a chunk per token). The first token is never held.",
+    )
     max_body_bytes: int = setting(
         1_000_000, flags=("--max-body",), help="Largest request body in bytes (else 413)."
     )
@@ -94,6 +101,10 @@ class ServeConfig:
             (self.slots >= 1, f"--slots must be at least 1 (got {self.slots})"),
             (self.max_queue >= 0, f"--max-queue must be 0 or more (got {self.max_queue})"),
             (self.prefill_chunk >= 1, f"--prefill-chunk must be at least 1 (got {self.prefill_chunk})"),
+            (
+                0 <= self.stream_interval_ms <= 1000,
+                f"--stream-interval-ms must be from 0 to 1000 (got {self.stream_interval_ms})",
+            ),
             (
                 self.max_body_bytes >= 1024,
                 f"--max-body must be at least 1024 bytes (got {self.max_body_bytes})",
@@ -162,7 +173,7 @@ def check_weights(model_path: Path) -> None:
 def build_app(model_path: Path, config: ServeConfig):
     """Load the model and tokenizer and return the ASGI app (the engine starts with the app)."""
     from autarky.model import chat_tuned, read_config
-    from autarky.runner import open_runner
+    from autarky.runner import open_runner, outside_this_thread
     from autarky.serve.access import AuditLog, Keys, key_id_secret
     from autarky.serve.app import Settings, create_app
     from autarky.serve.engine import Engine
@@ -188,7 +199,8 @@ def build_app(model_path: Path, config: ServeConfig):
         raise UserError(
             f"--max-model-len {config.max_model_len} is more than the model's context ({context})"
         )
-    runner = open_runner(
+    runner = outside_this_thread(
+        open_runner,
         model_path,
         config.engine,
         config.dtype,
@@ -198,7 +210,12 @@ def build_app(model_path: Path, config: ServeConfig):
         batch=max(config.prefill_chunk, config.slots),
         spare=1,  # the HTTP side's core
     )
-    engine = Engine(runner, tokenizer, prefill_chunk=config.prefill_chunk)
+    engine = Engine(
+        runner,
+        tokenizer,
+        prefill_chunk=config.prefill_chunk,
+        stream_interval=config.stream_interval_ms / 1000,
+    )
     settings = Settings(
         model_name=config.model_name or Path(model_path).resolve().name,
         keys=keys,

@@ -110,6 +110,7 @@ class Sequence:
         self.prefilled = 0
         self.next_token = -1
         self.pending: list[TokenLogprob] = []
+        self.sent_at: float | None = None  # when its owner was last sent text (None: not yet)
         self.scored: list[TokenLogprob] = []  # the prompt's logprobs, until they are sent
         self.finish_reason: str | None = None
 
@@ -144,8 +145,15 @@ class Engine:
         tokenizer: Tokenizer,
         prefill_chunk: int = 128,
         on_tokens: Callable[[int, int], None] | None = None,
+        stream_interval: float = 0.0,
     ):
+        """`stream_interval`: the least seconds between two events of one request after its first
+        (0: an event per token). Each event wakes the app's event loop and becomes one streamed chunk
+        that the client parses; on a CPU every core those take is one llama.cpp's threads lack, so
+        tokens that come faster than this are sent together. The first token and the finish are
+        never held."""
         self.runner = runner
+        self.stream_interval = stream_interval
         self.tokenizer = tokenizer
         # The tokens one request may hold, prompt and completion: the runner's cache row length.
         self.context = runner.context
@@ -347,9 +355,12 @@ class Engine:
             seq.pending.append(self._logprob(logits[0], token, seq.request.logprobs))
         if seq.policy.finish_reason is not None:
             self._finish(seq, seq.policy.finish_reason)
+        elif seq.sent_at is not None and time.perf_counter() - seq.sent_at < self.stream_interval:
+            return  # held: sent with a later token
         elif (text := seq.policy.take()) or seq.pending or seq.scored:
             event = Event(text=text, logprobs=seq.pending, prompt_logprobs=seq.scored)
             seq.pending, seq.scored = [], []
+            seq.sent_at = time.perf_counter()
             self._emit(seq, event)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
