@@ -77,14 +77,8 @@ class LlamaCppRunner:
         context: int | None = None,
         threads: int = 0,
         batch: int = 512,
-        spare: int = 0,
     ):
-        """`threads` 0: every core for a batch of tokens, and all but `spare` for one token at a time.
-
-        Decoding one token is bound by memory, not compute: one core fewer costs it little, and a
-        server needs that core for its HTTP side. A batch (prompt chunks, many rows) is bound by
-        compute and takes every core.
-        """
+        """`threads` 0: every core."""
         self.api = api = _api()
         params = api.llama_model_default_params()
         params.n_gpu_layers = 0
@@ -98,9 +92,7 @@ class LlamaCppRunner:
         self.width = api.llama_model_n_embd(self.model)
         self.device = torch.device("cpu")
         self.batch_size = max(batch, slots)
-        cores = os.cpu_count() or 1
-        single = threads or max(1, cores - spare)
-        self.ctx = self._context(slots + 1, single, threads or cores, _is_f32(gguf))
+        self.ctx = self._context(slots + 1, threads or os.cpu_count() or 1, _is_f32(gguf))
         self.memory = api.llama_get_memory(self.ctx)
         self.batch = api.llama_batch_init(self.batch_size, 0, 1)
         self.free = list(range(slots, -1, -1))  # sequence ids, popped from the end: 0 first
@@ -108,13 +100,13 @@ class LlamaCppRunner:
         self.positions = [0] * (slots + 1)  # tokens each sequence holds
         self.staged: int | None = None
 
-    def _context(self, sequences: int, threads: int, batch_threads: int, exact: bool):
+    def _context(self, sequences: int, threads: int, exact: bool):
         api = self.api
         params = api.llama_context_default_params()
         params.n_ctx = self.context * sequences
         params.n_seq_max = sequences
         params.n_batch = params.n_ubatch = self.batch_size
-        params.n_threads, params.n_threads_batch = threads, batch_threads  # llama.cpp: 1 token, more
+        params.n_threads = params.n_threads_batch = threads
         params.kv_unified = False
         params.pooling_type = api.LLAMA_POOLING_TYPE_NONE  # `hidden` reads every token's state
         if exact:  # an f32 model keeps f32 keys and values, as PyTorch does: equal answers, not close

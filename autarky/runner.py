@@ -15,15 +15,17 @@ Logits and states come back as float tensors on `device`.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Protocol
-
 import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, TypeVar
 
 import torch
 
 from autarky.console import UserError, console
 from autarky.model import Llama
+
+T = TypeVar("T")
 
 
 class Runner(Protocol):
@@ -138,11 +140,9 @@ def open_runner(
     context: int | None = None,
     threads: int = 0,
     batch: int = 512,
-    spare: int = 0,
 ) -> Runner:
     """A runner for the model directory: `engine` torch, llama.cpp (on its GGUF export, made now if
-    missing) or auto. Under auto, a model llama.cpp cannot take is run by PyTorch, with a note.
-    `spare`: cores llama.cpp leaves to other work while it decodes one token at a time (a server's)."""
+    missing) or auto. Under auto, a model llama.cpp cannot take is run by PyTorch, with a note."""
     from autarky import llamacpp
     from autarky.serve.precision import check_dtype, load_model
 
@@ -158,7 +158,7 @@ def open_runner(
     if chosen == "llama.cpp":
         try:
             gguf = llamacpp.gguf_for(Path(model_path), dtype)
-            return llamacpp.LlamaCppRunner(gguf, slots, context, threads, batch, spare)
+            return llamacpp.LlamaCppRunner(gguf, slots, context, threads, batch)
         except UserError as e:
             if engine != "auto":
                 raise
@@ -178,7 +178,7 @@ def _model_type(model_path: Path) -> str | None:
         return None
 
 
-def outside_this_thread(fn, *args, **kwargs):
+def outside_this_thread(fn: Callable[..., T], *args, **kwargs) -> T:
     """fn(*args, **kwargs) run in a thread that ends when it returns; its result or its exception.
 
     Why: PyTorch and llama.cpp share one OpenMP runtime, and each thread that runs a parallel region

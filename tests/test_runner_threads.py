@@ -35,7 +35,9 @@ print(before, after_outside, threads())
 """
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2, reason="Linux, 2+ cores")
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2, reason="Linux, 2+ cores"
+)
 def test_work_run_outside_this_thread_leaves_no_openmp_team_here():
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
     before, after_outside, after_here = map(int, out.stdout.split())

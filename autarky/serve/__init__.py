@@ -208,7 +208,6 @@ def build_app(model_path: Path, config: ServeConfig):
         context=config.max_model_len,
         threads=config.threads,
         batch=max(config.prefill_chunk, config.slots),
-        spare=1,  # the HTTP side's core
     )
     engine = Engine(
         runner,
