@@ -108,29 +108,37 @@ def _timed(fn) -> float:
 # ---------------------------------------------------------------- references: llama.cpp called directly
 
 
-def llama_cpp_direct_rate(gguf: Path, prompt: list[int], n: int, repeats: int = 3) -> float:
-    """llama-cpp-python's own greedy decode on the same GGUF, batch 1, every core: tokens/s from the
-    first generated token to the last (the prompt's prefill left out, as in the HTTP figures)."""
-    import llama_cpp
+class DirectLlamaCpp:
+    """llama-cpp-python's own greedy decode on a GGUF, batch 1, every core: tokens/s from the first
+    generated token to the last (the prompt's prefill left out, as in the HTTP figures)."""
 
-    llm = llama_cpp.Llama(
-        str(gguf), n_ctx=len(prompt) + n + 16, n_batch=len(prompt), n_threads=os.cpu_count(), verbose=False
-    )
+    def __init__(self, gguf: Path, prompt: list[int], n: int):
+        import llama_cpp
 
-    def run() -> float:
-        llm.reset()
+        self.prompt, self.n = prompt, n
+        self.llm = llama_cpp.Llama(
+            str(gguf),
+            n_ctx=len(prompt) + n + 16,
+            n_batch=len(prompt),
+            n_threads=os.cpu_count(),
+            verbose=False,
+        )
+        self.rate()  # warm up
+
+    def rate(self) -> float:
+        self.llm.reset()
         first = None
         for k, _ in enumerate(
-            llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+            self.llm.generate(self.prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
         ):
             if k == 0:
                 first = time.perf_counter()
-            if k == n:
-                return n / (time.perf_counter() - first)
+            if k == self.n:
+                return self.n / (time.perf_counter() - first)
         raise RuntimeError("llama.cpp stopped early")
 
-    run()
-    return max(run() for _ in range(repeats))
+    def close(self) -> None:
+        self.llm.close()
 
 
 class RunnerAsModel(torch.nn.Module):
@@ -243,26 +251,13 @@ async def clients(url: str, model: str, n_clients: int, max_tokens: int, tempera
 # ---------------------------------------------------------------- main
 
 
-def serve_runs(directory: Path, work: Path, args, engine: str, dtype: str, crowd: bool, n: int) -> dict:
-    """One server: a lone greedy client (best decode rate of three), then 16 streaming clients."""
-    port = free_port()
-    log = work / f"audit-{engine}-{dtype}.jsonl"
-    server = start_server(directory, port, log, args.threads, engine, dtype)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        asyncio.run(clients(url, "small", 2, 8))  # warm up
-        alone = [asyncio.run(clients(url, "small", 1, n, temperature=0)) for _ in range(3)]
-        result = {"one_client": max(alone, key=lambda r: r["decode_tokens_per_s"] or 0)}
-        if crowd:
-            result["sixteen_clients"] = asyncio.run(clients(url, "small", 16, n))
-        return result
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def decode_table(small_dir: Path, work: Path, args, prompt: list[int], n: int) -> dict:
-    """Batch-1 decode through the HTTP API on each engine, beside llama.cpp called directly."""
+    """Batch-1 decode through the HTTP API on each engine, beside llama.cpp called directly.
+
+    The three are measured in turn, round after round, and each keeps its best round: a shared
+    machine's speed drifts over minutes, and taking them one after another would credit the drift
+    to whichever ran in the faster minute. 16 streaming clients follow.
+    """
     from autarky.gguf import write_gguf
     from autarky.llamacpp import GGUF_DTYPES
 
@@ -270,36 +265,74 @@ def decode_table(small_dir: Path, work: Path, args, prompt: list[int], n: int) -
     for dtype in ("fp32", "bf16", "int8"):
         gguf = work / f"small-{GGUF_DTYPES[dtype]}.gguf"
         write_gguf(small_dir, gguf, GGUF_DTYPES[dtype])
-        direct = llama_cpp_direct_rate(gguf, prompt, n)
-        served = {
-            e: serve_runs(small_dir, work, args, e, dtype, dtype == "fp32", n) for e in ("llama.cpp", "torch")
-        }
-        cpp = served["llama.cpp"]["one_client"]["decode_tokens_per_s"]
-        ours = served["torch"]["one_client"]["decode_tokens_per_s"]
-        rows[dtype] = {
-            "gguf": GGUF_DTYPES[dtype],
-            "llama_cpp_direct_tokens_per_s": round(direct, 1),
-            **{f"http_{e.replace('.', '')}": r for e, r in served.items()},
-            "llamacpp_engine_over_direct": round(cpp / direct, 3),
-            "llamacpp_engine_over_torch_engine": round(cpp / ours, 2),
-        }
-        print(
-            f"small {dtype}: llama.cpp direct {direct:.0f} tokens/s; through our API: llama.cpp engine "
-            f"{cpp:.0f} ({cpp / direct:.2f}x direct), torch engine {ours:.0f} ({cpp / ours:.1f}x slower)"
-        )
-        for engine, r in served.items():
-            for label, run in r.items():
+        direct = DirectLlamaCpp(gguf, prompt, n)
+        servers = {e: start_server_for(small_dir, work, args, e, dtype) for e in ENGINES}
+        try:
+            rounds: dict[str, list] = {"direct": [], **{e: [] for e in ENGINES}}
+            for _ in range(args.rounds):
+                rounds["direct"].append(direct.rate())
+                for e, (_, url) in servers.items():
+                    rounds[e].append(asyncio.run(clients(url, "small", 1, n, temperature=0)))
+            crowd = {e: asyncio.run(clients(url, "small", 16, n)) for e, (_, url) in servers.items()}
+        finally:
+            direct.close()
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(timeout=30)
+        rows[dtype] = decode_row(dtype, rounds, crowd)
+    return rows
+
+
+ENGINES = ("llama.cpp", "torch")
+
+
+def start_server_for(
+    directory: Path, work: Path, args, engine: str, dtype: str
+) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = work / f"audit-{engine}-{dtype}.jsonl"
+    extra = ("--stream-interval-ms", str(args.stream_interval_ms))
+    proc = start_server(directory, port, log, args.threads, engine, dtype, *extra)
+    url = f"http://127.0.0.1:{port}"
+    asyncio.run(clients(url, "small", 2, 8))  # warm up
+    return proc, url
+
+
+def decode_row(dtype: str, rounds: dict[str, list], crowd: dict) -> dict:
+    """Each engine's best round against llama.cpp's best, its 16-client run against its best round."""
+    from autarky.llamacpp import GGUF_DTYPES
+
+    direct = max(rounds["direct"])
+    best = {e: max(rounds[e], key=lambda r: r["decode_tokens_per_s"] or 0) for e in ENGINES}
+    cpp, ours = (best[e]["decode_tokens_per_s"] for e in ENGINES)
+    row = {
+        "gguf": GGUF_DTYPES[dtype],
+        "rounds": len(rounds["direct"]),
+        "llama_cpp_direct_tokens_per_s": round(direct, 1),
+        "llama_cpp_direct_rounds": [round(r, 1) for r in rounds["direct"]],
+        **{f"http_{e.replace('.', '')}": {"one_client": best[e]} for e in ENGINES},
+        **{
+            f"http_{e.replace('.', '')}_rounds": [r["decode_tokens_per_s"] for r in rounds[e]]
+            for e in ENGINES
+        },
+        "llamacpp_engine_over_direct": round(cpp / direct, 3),
+        "llamacpp_engine_over_torch_engine": round(cpp / ours, 2),
+    }
+    print(
+        f"small {dtype}: llama.cpp direct {direct:.0f} tokens/s; through our API: llama.cpp engine "
+        f"{cpp:.0f} ({cpp / direct:.2f}x direct), torch engine {ours:.0f} ({cpp / ours:.1f}x slower)"
+    )
+    for e in ENGINES:
+        key = f"http_{e.replace('.', '')}"
+        row[key]["sixteen_clients"] = crowd[e]
+        row[key]["sixteen_over_one"] = round(crowd[e]["tokens_per_s"] / best[e]["tokens_per_s"], 2)
+        for label, run in row[key].items():
+            if isinstance(run, dict):
                 print(
-                    f"  {engine:9} {label:15} {run['tokens_per_s']:7.1f} tokens/s aggregate, "
+                    f"  {e:9} {label:15} {run['tokens_per_s']:7.1f} tokens/s aggregate, "
                     f"TTFT p50 {run['ttft_p50_s']}s p95 {run['ttft_p95_s']}s"
                 )
-    fp32 = rows["fp32"]
-    for engine in ("llamacpp", "torch"):
-        crowd = fp32[f"http_{engine}"]
-        fp32[f"http_{engine}"]["sixteen_over_one"] = round(
-            crowd["sixteen_clients"]["tokens_per_s"] / crowd["one_client"]["tokens_per_s"], 2
-        )
-    return rows
+    return row
 
 
 def quality_table(args, tok: Tokenizer, tokenizer_dir: Path, work: Path) -> dict:
@@ -338,6 +371,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer tokens and a shorter training run")
     ap.add_argument("--train-seconds", type=float, default=90.0)
     ap.add_argument("--threads", type=int, default=0, help="compute threads in the servers (0 = default)")
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="rounds of direct / llama.cpp engine / torch engine"
+    )
+    ap.add_argument(
+        "--stream-interval-ms",
+        type=float,
+        default=20.0,
+        help="the servers' --stream-interval-ms (0: a chunk a token)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = ap.parse_args()
     n = 32 if args.quick else 128
