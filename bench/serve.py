@@ -141,6 +141,37 @@ class DirectLlamaCpp:
         self.llm.close()
 
 
+def batching_gain(gguf: Path, prompt: list[int], n: int, rows: int = 16, repeats: int = 3) -> dict:
+    """llama.cpp's own gain from decoding 16 sequences in one batch: our runner (one `llama_decode`
+    of a token of every row, as the engine makes them, with the server's cache settings) at 1 and 16
+    rows, greedy, no HTTP and no sampling. The most the 16-client figure could gain over one client."""
+    from autarky.llamacpp import LlamaCppRunner
+
+    runner = LlamaCppRunner(gguf, slots=rows)  # the model's context, as the server makes it
+
+    def rate(k: int) -> float:
+        runner.clear()
+        for row in range(k):
+            runner.stage()
+            runner.prefill(prompt)
+            runner.join(row)
+        tokens = [prompt[-1]] * k
+        start = time.perf_counter()
+        for _ in range(n):
+            tokens = runner.decode(tokens).argmax(dim=-1).tolist()
+        return k * n / (time.perf_counter() - start)
+
+    try:
+        one, many = (max(rate(k) for _ in range(repeats)) for k in (1, rows))
+    finally:
+        runner.close()
+    return {
+        "batch1_tokens_per_s": round(one, 1),
+        f"batch{rows}_tokens_per_s": round(many, 1),
+        "gain": round(many / one, 2),
+    }
+
+
 class RunnerAsModel(torch.nn.Module):
     """A runner behind the `model(ids)[0]` = logits interface that bits per byte scores."""
 
@@ -265,6 +296,7 @@ def decode_table(small_dir: Path, work: Path, args, prompt: list[int], n: int) -
     for dtype in ("fp32", "bf16", "int8"):
         gguf = work / f"small-{GGUF_DTYPES[dtype]}.gguf"
         write_gguf(small_dir, gguf, GGUF_DTYPES[dtype])
+        gain = batching_gain(gguf, prompt, n)
         direct = DirectLlamaCpp(gguf, prompt, n)
         servers = {e: start_server_for(small_dir, work, args, e, dtype) for e in ENGINES}
         try:
@@ -279,7 +311,8 @@ def decode_table(small_dir: Path, work: Path, args, prompt: list[int], n: int) -
             for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(timeout=30)
-        rows[dtype] = decode_row(dtype, rounds, crowd)
+        rows[dtype] = decode_row(dtype, rounds, crowd) | {"llama_cpp_batching": gain}
+        print(f"  llama.cpp alone, 16 rows in one batch against 1: {gain}")
     return rows
 
 
