@@ -1014,6 +1014,7 @@ def test_serve_settings_mistakes_are_user_errors(model_dir, tmp_path):
         ({"slots": 0}, "--slots"),
         ({"max_queue": -1}, "--max-queue"),
         ({"prefill_chunk": 0}, "--prefill-chunk"),
+        ({"stream_interval_ms": -1}, "--stream-interval-ms"),
         ({"max_body_bytes": 10}, "--max-body"),
         ({"port": 70000}, "--port"),
         ({"max_model_len": 1}, "--max-model-len"),
