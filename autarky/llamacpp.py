@@ -19,12 +19,14 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from autarky.console import UserError, console
+from autarky.governor import ThreadGovernor
 
 GGUF_DTYPES = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0"}  # serving precision → GGUF type
 
@@ -78,7 +80,7 @@ class LlamaCppRunner:
         threads: int = 0,
         batch: int = 512,
     ):
-        """`threads` 0: every core."""
+        """`threads` 0: every core while they run faster than half of them (`ThreadGovernor`)."""
         self.api = api = _api()
         params = api.llama_model_default_params()
         params.n_gpu_layers = 0
@@ -92,7 +94,9 @@ class LlamaCppRunner:
         self.width = api.llama_model_n_embd(self.model)
         self.device = torch.device("cpu")
         self.batch_size = max(batch, slots)
-        self.ctx = self._context(slots + 1, threads or os.cpu_count() or 1, _is_f32(gguf))
+        self.governor = None if threads else ThreadGovernor(os.cpu_count() or 1)
+        self.threads = threads or self.governor.most
+        self.ctx = self._context(slots + 1, self.threads, _is_f32(gguf))
         self.memory = api.llama_get_memory(self.ctx)
         self.batch = api.llama_batch_init(self.batch_size, 0, 1)
         self.free = list(range(slots, -1, -1))  # sequence ids, popped from the end: 0 first
@@ -201,7 +205,15 @@ class LlamaCppRunner:
             b.logits[i] = i >= first_output
             self.positions[seq] += 1
         b.n_tokens = len(entries)
-        status = self.api.llama_decode(self.ctx, b)
+        if self.governor is None:
+            status = self.api.llama_decode(self.ctx, b)
+        else:
+            if (threads := self.governor.threads()) != self.threads:
+                self.api.llama_set_n_threads(self.ctx, threads, threads)
+                self.threads = threads
+            start = time.perf_counter()
+            status = self.api.llama_decode(self.ctx, b)
+            self.governor.observe(len(entries), time.perf_counter() - start)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
 
