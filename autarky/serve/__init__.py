@@ -71,7 +71,9 @@ class ServeConfig:
         None, flags=("--name",), help="Model name clients use (default: the directory name)."
     )
     threads: int = setting(
-        0, help="Compute threads (0 = every core for llama.cpp, torch's default for torch)."
+        0,
+        help="Compute threads (0: every core for llama.cpp, fewer while other work takes them; "
+        "torch's default for torch).",
     )
     max_model_len: int | None = setting(
         None, help="Tokens per request, prompt + completion (default: the model's context)."
