@@ -61,6 +61,7 @@ class ModelConfig:
     head_dim: int | None = None  # None: hidden_size / heads; Qwen3 sets its own
     attention_bias: bool = False  # Llama/Qwen3: bias on q, k, v and o; Qwen2 has q/k/v bias always
     rope_scaling: dict | None = None  # None, or Llama 3's {"rope_type": "llama3", ...}
+    dropout: float = 0.0  # of each block's attention and MLP output, training only (not in config.json)
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -104,6 +105,7 @@ class ModelConfig:
         }
         if self.model_type in ("mistral", "qwen2", "qwen3"):
             hf.update(sliding_window=None, use_sliding_window=False)
+        del hf["dropout"]  # how it was trained (its manifest's recipe says), not how it computes
         return hf
 
     @classmethod
@@ -472,10 +474,11 @@ class Block(nn.Module):
         self.self_attn = attention if attention is not None else Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = mlp if mlp is not None else MLP(config)
+        self.dropout = nn.Dropout(getattr(config, "dropout", 0.0))  # nn.Dropout: active in train mode only
 
     def forward(self, x, cos, sin, cache=None, layer=0, positions=None, mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, positions, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, positions, mask))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
 class Backbone(nn.Module):
@@ -536,6 +539,13 @@ class Llama(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def set_dropout(self, p: float) -> None:
+        """Train with dropout `p` from now on: the recipe's, whatever the weights were trained with."""
+        self.config.dropout = p
+        for block in self.modules():
+            if isinstance(block, Block):
+                block.dropout.p = p
 
     def new_cache(self, batch: int, max_len: int, device=None, dtype=torch.float32) -> KVCache:
         """The cache this model's attention reads and appends to (DeepSeek's differs)."""

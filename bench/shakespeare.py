@@ -72,6 +72,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--ffn", type=int, default=384, help="MLP intermediate size")
+    p.add_argument("--dropout", type=float, default=0.0, help="of each block's attention and MLP output")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -174,6 +175,7 @@ def build(args: argparse.Namespace, vocab_size: int, special_ids: dict) -> tuple
         num_attention_heads=args.heads,
         num_key_value_heads=args.heads,
         max_position_embeddings=args.seq_len,
+        dropout=args.dropout,
         **special_ids,
     )
     torch.manual_seed(args.seed)

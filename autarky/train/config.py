@@ -12,6 +12,8 @@ from autarky.options import setting
 # Settings that say how a run keeps itself, not what it computes: left out of the recipe, so
 # changing one neither renames a model nor stops a run from resuming (--shard: at another layout).
 RUN_SETTINGS = ("checkpoint_minutes", "shard")
+# Settings in the recipe only when not 0, so a run without them keeps the recipe (and name) it had.
+OPTIONAL_SETTINGS = ("dropout",)
 # Settings of multi-token prediction: in the recipe only when it is on, so a run without it keeps
 # the recipe (and name) it had before the option existed.
 MTP_SETTINGS = ("mtp", "mtp_weight", "mtp_keep")
@@ -41,6 +43,11 @@ class TrainConfig:
     schedule: str = setting("cosine", help="cosine, or wsd (warmup-stable-decay).")
     decay_fraction: float = setting(0.2, help="wsd: the share of the run spent decaying to the floor.")
     weight_decay: float = setting(0.1, help="AdamW weight decay on matrices (norm weights are not decayed).")
+    dropout: float = setting(
+        0.0,
+        help="Dropout of each block's attention and MLP output while training (0: none): a regulariser "
+        "for a model that sees a small corpus many times (tinyshakespeare in docs/benchmarks.md).",
+    )
     beta1: float = setting(0.9, help="AdamW beta1.")
     beta2: float = setting(0.95, help="AdamW beta2.")
     grad_clip: float = setting(1.0, help="Clip the gradient's global norm to this.")
@@ -94,6 +101,7 @@ class TrainConfig:
     def recipe(self) -> dict:
         """The settings that shape the model: what its manifest records and its name hashes."""
         dropped = RUN_SETTINGS + (() if self.mtp else MTP_SETTINGS)
+        dropped += tuple(k for k in OPTIONAL_SETTINGS if not getattr(self, k))
         return {k: v for k, v in asdict(self).items() if k not in dropped}
 
     def validate(self) -> None:
@@ -119,6 +127,8 @@ class TrainConfig:
             raise UserError(
                 "--lr and --grad-clip must be positive, --min-lr-ratio in [0, 1], --warmup-steps ≥ 0"
             )
+        if not 0 <= self.dropout < 1:
+            raise UserError("--dropout must be in [0, 1)")
         if not 0 < self.decay_fraction <= 1:
             raise UserError("--decay-fraction must be in (0, 1]")
         self._validate_mtp()
@@ -159,6 +169,7 @@ class SFTConfig(TrainConfig):
     default_steps: ClassVar[int] = 200
 
     preset: str | None = setting(None, cli=False, help="Unused: sft keeps its input model's architecture.")
+    dropout: float = setting(0.0, cli=False, help="Unused: sft trains without dropout.")
     seq_len: int = setting(512, help="Tokens per packed row; a longer conversation is cut to it.")
     batch_size: int = setting(8, help="Packed rows per micro-batch.")
     max_steps: int | None = setting(

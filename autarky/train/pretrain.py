@@ -232,6 +232,7 @@ def prepare(
         raise UserError("the validation split is empty; curate more documents")
     tok = Tokenizer.load(tokenizer)
     model = build_model(config, tokenizer, tok.vocab_size, init)
+    model.set_dropout(config.dropout)
     if config.seq_len > model.config.max_position_embeddings:
         raise UserError(
             f"--seq-len {config.seq_len} exceeds the model's context of {model.config.max_position_embeddings}"
