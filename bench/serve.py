@@ -282,6 +282,9 @@ async def clients(url: str, model: str, n_clients: int, max_tokens: int, tempera
 # ---------------------------------------------------------------- main
 
 
+ENGINES = ("llama.cpp", "torch")
+
+
 def decode_table(small_dir: Path, work: Path, args, prompt: list[int], n: int) -> dict:
     """Batch-1 decode through the HTTP API on each engine, beside llama.cpp called directly.
 
@@ -314,9 +317,6 @@ def decode_table(small_dir: Path, work: Path, args, prompt: list[int], n: int) -
         rows[dtype] = decode_row(dtype, rounds, crowd) | {"llama_cpp_batching": gain}
         print(f"  llama.cpp alone, 16 rows in one batch against 1: {gain}")
     return rows
-
-
-ENGINES = ("llama.cpp", "torch")
 
 
 def start_server_for(
