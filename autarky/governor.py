@@ -15,6 +15,7 @@ at their count and size bring the next probe forward to within `period` calls.
 
 from __future__ import annotations
 
+from collections import deque
 from statistics import median
 
 
@@ -29,7 +30,7 @@ class ThreadGovernor:
         self.base, self.longest, self.margin, self.probe = period, longest, margin, probe
         self.wait = period  # calls until the next probe
         self.calls = 0
-        self.recent: list[tuple[int, float]] = []  # (tokens, seconds per token) at `now`
+        self.recent: deque[tuple[int, float]] = deque(maxlen=probe)  # (tokens, s per token) at `now`
         self.trial: list[float] | None = None  # seconds per token at `other`, while probing
         self.best: dict[tuple[int, int], float] = {}  # least seconds per token by (threads, tokens)
 
@@ -50,7 +51,7 @@ class ThreadGovernor:
         if self.trial is not None:
             self._probe_step(tokens, per)
             return
-        self.recent = [*self.recent, (tokens, per)][-self.probe :]
+        self.recent.append((tokens, per))
         self.calls += 1
         if len(self.recent) < self.probe or len({t for t, _ in self.recent}) > 1 or self.other == self.now:
             return
@@ -71,4 +72,5 @@ class ThreadGovernor:
         if won:
             self.now = self.other
         self.wait = self.base if won else min(2 * self.wait, self.longest)
-        self.trial, self.recent, self.calls = None, [], 0
+        self.trial, self.calls = None, 0
+        self.recent.clear()

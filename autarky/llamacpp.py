@@ -205,14 +205,12 @@ class LlamaCppRunner:
             b.logits[i] = i >= first_output
             self.positions[seq] += 1
         b.n_tokens = len(entries)
-        if self.governor is None:
-            status = self.api.llama_decode(self.ctx, b)
-        else:
-            if (threads := self.governor.threads()) != self.threads:
-                self.api.llama_set_n_threads(self.ctx, threads, threads)
-                self.threads = threads
-            start = time.perf_counter()
-            status = self.api.llama_decode(self.ctx, b)
+        if self.governor and (threads := self.governor.threads()) != self.threads:
+            self.api.llama_set_n_threads(self.ctx, threads, threads)
+            self.threads = threads
+        start = time.perf_counter()
+        status = self.api.llama_decode(self.ctx, b)
+        if self.governor:
             self.governor.observe(len(entries), time.perf_counter() - start)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
