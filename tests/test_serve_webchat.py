@@ -60,7 +60,9 @@ def test_web_chat_streams_an_answer_and_stops(page_server, tmp_path):
         if os.environ.get("AUTARKY_SCREENSHOT"):
             page.screenshot(path=os.environ["AUTARKY_SCREENSHOT"])
         # a long answer, stopped with the button: the page says so and the conversation goes on
-        page.fill("#max-tokens", "150")  # the context is 256 tokens
+        # The context is 256 tokens, and the first answer (40 tokens of a barely trained model, often
+        # broken UTF-8 that comes back as U+FFFD) takes 90-140 tokens when sent again: 80 more fit.
+        page.fill("#max-tokens", "80")
         # The stream arrives slowly (2 kB/s), so the answer is still coming when Stop is pressed,
         # however fast the engine makes it.
         cdp = page.context.new_cdp_session(page)
@@ -71,7 +73,11 @@ def test_web_chat_streams_an_answer_and_stops(page_server, tmp_path):
         )
         page.fill("#input", "Go on")
         page.click("#send")
-        page.wait_for_function("(document.querySelectorAll('.msg.assistant')[1] || {}).textContent > ''")
+        page.wait_for_function(
+            "(document.querySelectorAll('.msg.assistant')[1] || {}).textContent > ''"
+            " || document.querySelector('.msg.error')"
+        )
+        assert not page.query_selector(".msg.error"), page.inner_text(".msg.error")
         page.click("#stop")
         page.wait_for_selector(".msg.assistant:nth-of-type(4) .meta", timeout=10_000)
         assert "stopped" in page.inner_text(".msg.assistant:nth-of-type(4)")
