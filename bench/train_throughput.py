@@ -19,6 +19,16 @@ uses, which other processes on a shared machine change far less (a busy machine 
 threads wait on each other at every op).
 
 Each configuration runs in its own process, so its peak RSS is its own.
+
+On a GPU (`--device cuda`, presets base and 1b by default) each configuration is `autarky train`'s
+step as the product runs it there: bf16 autocast, `make_optimizer`'s optimizer (Muon's iteration in
+bf16, fused AdamW beside it), SDPA's flash attention, pinned non-blocking batch copies, with and
+without `--compile on`. The host syncs only where `fit` does, so a step is timed over whole rounds
+(the device synchronised at each round's edges). MFU is model FLOP/s over the GPU's dense bf16 peak
+from its datasheet (`--peak-tflops` for a GPU the table lacks); the same-run reference is the best
+8192² bf16 `torch.mm`.
+
+    .venv/bin/python bench/train_throughput.py --device cuda            # base and 1b, eager and compiled
 """
 
 from __future__ import annotations
@@ -36,8 +46,22 @@ from common import machine, matmul_flops, peak_rss_mb, write_result
 
 from autarky.model import Llama, preset_config
 from autarky.train import Progress, TrainConfig, fit, get_batch
+from autarky.train.muon import make_optimizer
 
-VOCAB = {"tiny": 4096, "small": 8192}
+VOCAB = {"tiny": 4096, "small": 8192, "base": 32000, "1b": 32000}
+# Dense bf16 tensor-core peaks (no sparsity) from the datasheets, by a part of torch's device name;
+# the first that matches wins, so the variants come before the family.
+GPU_BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H200 NVL", 835.0),
+    ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("H200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+)
+GPU_WARMUP_STEPS = 5  # untimed on a GPU: allocations, cuDNN/cuBLAS choices and torch.compile's compilation
 TARGET_RATIO = 0.6
 WARMUP_STEPS = 2  # untimed, reported as warmup_s: first allocations (and torch.compile's compilation)
 
@@ -69,7 +93,7 @@ def timed_fit(
         return get_batch(data, config.seed, step, micro, config.batch_size, config.seq_len)
 
     optimizer = model.configure_optimizer(config.lr, config.weight_decay, (config.beta1, config.beta2))
-    fit(torch.compile(model) if compiled else model, optimizer, batches, lambda: {}, config, Progress())
+    fit(model, optimizer, batches, lambda: {}, config, Progress())
     seconds = [b - a - r for a, b, r in zip(asked, asked[1:], reference_s, strict=False)]
     return seconds, refs
 
@@ -87,6 +111,7 @@ def measure(
         batch_size=batch,
         seq_len=seq,
         precision=precision,
+        compile="on" if compiled else "off",
         max_steps=WARMUP_STEPS + rounds * steps,
         eval_interval=10**9,
         checkpoint_interval=10**9,
@@ -127,6 +152,122 @@ def measure(
         "ratio_median_of_rounds": round(statistics.median(round_ratios), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+
+
+def gpu_peak_flops(name: str, asked_tflops: float | None) -> float | None:
+    """The GPU's dense bf16 peak in FLOP/s: `--peak-tflops` when given, else the datasheet's."""
+    if asked_tflops:
+        return asked_tflops * 1e12
+    return next((tflops * 1e12 for part, tflops in GPU_BF16_PEAK_TFLOPS if part in name), None)
+
+
+def gpu_matmul_flops(n: int = 8192, repeats: int = 10) -> float:
+    """Best bf16 FLOP/s of an n×n by n×n `torch.mm` on the GPU: what this device reaches, same run."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        torch.mm(a, b)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def measure_gpu(
+    preset: str, compiled: bool, batch: int, seq: int, steps: int, rounds: int, peak_tflops: float | None
+) -> dict:
+    """`fit` on the GPU with the product's optimizer and batch copies, timed over whole rounds."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    config = TrainConfig(
+        preset=preset,
+        batch_size=batch,
+        seq_len=seq,
+        precision="bf16",
+        compile="on" if compiled else "off",
+        max_steps=GPU_WARMUP_STEPS + rounds * steps,
+        eval_interval=10**9,
+        checkpoint_interval=10**9,
+    )
+    model = Llama(preset_config(preset, VOCAB[preset])).to(device).train()
+    optimizer = make_optimizer(model, config)
+    data = np.random.default_rng(0).integers(0, model.config.vocab_size, 10_000_000, dtype=np.uint16)
+    edges: list[float] = []
+    start = time.perf_counter()
+
+    def batches(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # fit asks for a step's first batch right after the previous step's forward pass, so from
+        # one round's edge to the next is exactly `steps` whole steps of the device's work.
+        if micro == 0 and step >= GPU_WARMUP_STEPS and (step - GPU_WARMUP_STEPS) % steps == 0:
+            torch.cuda.synchronize()
+            edges.append(time.perf_counter())
+        x, y = get_batch(data, config.seed, step, micro, config.batch_size, config.seq_len)
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+
+    fit(model, optimizer, batches, lambda: {}, config, Progress())
+    step_s = [(b - a) / steps for a, b in zip(edges, edges[1:], strict=False)]
+    best = min(step_s)
+    flops_per_token = (
+        6 * flop_params(model) + 12 * model.config.num_hidden_layers * model.config.hidden_size * seq
+    )
+    model_flops = flops_per_token * batch * seq / best
+    peak = gpu_peak_flops(torch.cuda.get_device_name(), peak_tflops)
+    matmul = gpu_matmul_flops()
+    return {
+        "preset": preset,
+        "precision": "bf16",
+        "compile": compiled,
+        "device": torch.cuda.get_device_name(),
+        "optimizer": config.optimizer,
+        "batch_size": batch,
+        "seq_len": seq,
+        "params": model.num_params(),
+        "flops_per_token": flops_per_token,
+        "warmup_s": round(edges[0] - start, 1),
+        "step_s_best": round(best, 4),
+        "step_s_median": round(statistics.median(step_s), 4),
+        "tokens_per_s_best": round(batch * seq / best, 1),
+        "model_tflops_best": round(model_flops / 1e12, 1),
+        "peak_tflops": peak and round(peak / 1e12, 1),
+        "mfu": peak and round(model_flops / peak, 4),
+        "matmul_tflops": round(matmul / 1e12, 1),
+        "ratio_to_matmul": round(model_flops / matmul, 3),
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+
+
+def run_gpu(args: argparse.Namespace) -> None:
+    """Each preset eager and compiled on the GPU, each in its own process; MFU printed and written."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no GPU on this machine")
+    print(
+        f"{'preset':6} {'compile':7} {'tok/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'of mm':>6} {'mem GB':>7}",
+        flush=True,
+    )
+    results = []
+    for preset in args.presets:
+        for compiled in (False, True):
+            cmd = [sys.executable, __file__, "--device", "cuda", "--one", f"{preset},bf16,{int(compiled)},0"]
+            cmd += ["--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+            cmd += ["--steps", str(args.steps or 10), "--rounds", str(args.rounds)]
+            cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                print(f"{preset} compile={compiled}: failed\n{proc.stderr[-3000:]}", flush=True)
+                results.append({"preset": preset, "compile": compiled, "error": proc.stderr[-3000:]})
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] else "?"
+            print(
+                f"{preset:6} {str(compiled):7} {r['tokens_per_s_best']:>10,.0f} {r['model_tflops_best']:>8.1f} "
+                f"{mfu:>6} {r['ratio_to_matmul']:>6.2f} {r['peak_memory_gb']:>7.1f}",
+                flush=True,
+            )
+            results.append(r)
+    path = write_result("train_gpu", {"machine": machine(), "target_mfu_1b": 0.45, "runs": results})
+    print(f"wrote {path}")
 
 
 def run_in_process(
@@ -190,7 +331,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=sorted(VOCAB))
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: the GPU path and its MFU (see above)"
+    )
+    parser.add_argument(
+        "--presets", nargs="+", choices=sorted(VOCAB), help="default: tiny small (cpu), base 1b (cuda)"
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the GPU's dense bf16 peak, where the table lacks it"
+    )
     parser.add_argument(
         "--bf16-presets",
         nargs="*",
@@ -200,13 +349,25 @@ def main() -> None:
         "an order of magnitude slower, and small would take half an hour)",
     )
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (fp32, 1 thread)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, help="default: 16 (cpu), 8 (cuda)")
+    parser.add_argument("--seq-len", type=int, help="default: 256 (cpu), 2048 (cuda)")
     parser.add_argument("--steps", type=int, help="timed steps per round (default: 4 for tiny, 2 for small)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (matmul reference, steps)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = parser.parse_args()
+    gpu = args.device == "cuda"
+    args.presets = args.presets or (["base", "1b"] if gpu else ["tiny", "small"])
+    args.batch_size = args.batch_size or (8 if gpu else 16)
+    args.seq_len = args.seq_len or (2048 if gpu else 256)
 
+    if args.one and gpu:
+        preset, _, compiled, _ = args.one.split(",")
+        settings = (args.batch_size, args.seq_len, args.steps, args.rounds, args.peak_tflops)
+        print(json.dumps(measure_gpu(preset, compiled == "1", *settings)))
+        return
+    if gpu:
+        run_gpu(args)
+        return
     if args.one:
         preset, precision, compiled, threads = args.one.split(",")
         settings = (args.batch_size, args.seq_len, args.steps, args.rounds)

@@ -7,7 +7,8 @@ import copy
 import torch
 
 from autarky.model import Llama, ModelConfig
-from autarky.train.muon import Muon, muon_groups, orthogonalise
+from autarky.train import TrainConfig
+from autarky.train.muon import Muon, make_optimizer, muon_groups, orthogonalise
 
 
 def tiny() -> Llama:
@@ -43,16 +44,45 @@ def train(model: Llama, optimizer: torch.optim.Optimizer, steps: range) -> list[
 
 
 def test_orthogonalise_gives_singular_values_near_one_for_wide_and_tall():
-    for shape in ((16, 48), (48, 16)):
-        g = torch.randn(*shape) * 3
-        s = torch.linalg.svdvals(orthogonalise(g))
-        assert s.min() > 0.5 and s.max() < 1.25  # the quintic trades exactness for speed
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape in ((16, 48), (48, 16)):
+            g = torch.randn(*shape) * 3
+            update = orthogonalise(g, dtype=dtype)
+            assert update.dtype == torch.float32  # computed in dtype, returned in the gradient's
+            s = torch.linalg.svdvals(update)
+            assert s.min() > 0.5 and s.max() < 1.25  # the quintic trades exactness for speed
+
+
+def test_every_matrix_decays_at_its_own_rate_and_norms_do_not():
+    """With zero gradients the update is nothing but the decay: Muon's matrices shrink by
+    lr * lr_scale * weight_decay, the embedding by lr * weight_decay, the norms not at all."""
+    model = tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = Muon(muon_groups(model, 0.1, 10.0), lr=3e-3)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if p.dim() < 2:
+            factor = 1.0
+        elif "embed" in name:
+            factor = 1 - 3e-3 * 0.1
+        else:
+            factor = 1 - 3e-3 * 10.0 * 0.1
+        torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)
+
+
+def test_the_iteration_computes_in_bf16_when_the_run_does():
+    model = tiny()
+    assert make_optimizer(model, TrainConfig(precision="bf16")).ns_dtype == torch.bfloat16
+    assert make_optimizer(model, TrainConfig(precision="fp32")).ns_dtype is None  # fp32 on a CPU
 
 
 def test_groups_put_hidden_matrices_on_muon_and_the_rest_on_adamw():
     model = tiny()
     muon, embeddings, flat = muon_groups(model, 0.1, 10.0)
     assert muon["muon"] and all(p.dim() == 2 for p in muon["params"])
+    assert muon["weight_decay"] == embeddings["weight_decay"] == 0.1 and flat["weight_decay"] == 0.0
     assert model.model.embed_tokens.weight in embeddings["params"] and not embeddings.get("muon")
     assert all(p.dim() == 1 for p in flat["params"])
     total = sum(len(g["params"]) for g in (muon, embeddings, flat))

@@ -374,6 +374,77 @@ def test_fit_reads_the_device_only_at_sync_points_and_prefetches_in_order(monkey
     assert done.history[-1]["loss"] < done.history[1]["loss"]
 
 
+def test_compile_traces_the_training_step_and_trains_the_same_model(monkeypatch):
+    """--compile on: fit's step runs through torch.compile (here its eager backend, which traces the
+    model, the autocast and the loss as inductor would but compiles no C++ in a test) and gives
+    the losses and weights of the uncompiled step; auto leaves a CPU run alone; evaluation is never
+    compiled; a bad value is one sentence."""
+    from autarky.model import Llama, ModelConfig
+    from autarky.train import Progress, fit
+    from autarky.train.muon import make_optimizer
+
+    compiled = []
+
+    def eager_compile(module, **kw):
+        compiled.append(module)
+        torch._dynamo.reset()
+        return real_compile(module, backend="eager")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    data = torch.arange(4000) % 61
+
+    def run(compile_setting):
+        torch.manual_seed(0)
+        model = Llama(
+            ModelConfig(
+                vocab_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                max_position_embeddings=16,
+            )
+        )
+        config = TrainConfig(
+            max_steps=6,
+            batch_size=2,
+            seq_len=16,
+            eval_interval=3,
+            warmup_steps=0,
+            checkpoint_interval=100,
+            precision="fp32",
+            compile=compile_setting,
+        )
+        evaluated = []
+
+        def batches(step, micro):
+            i = step * 40
+            return data[i : i + 32].view(2, 16), data[i + 1 : i + 33].view(2, 16)
+
+        done = fit(
+            model,
+            make_optimizer(model, config),
+            batches,
+            lambda: evaluated.append(type(model).__name__) or {"val_loss": 1.0},
+            config,
+            Progress(),
+        )
+        assert evaluated == ["Llama"] * 3  # steps 0, 3 and the last: the plain module
+        return [h["loss"] for h in done.history if "loss" in h], model.state_dict()
+
+    eager_losses, eager_weights = run("off")
+    assert compiled == [] and run("auto")[0] == eager_losses  # auto: no compile on a CPU
+    losses, weights = run("on")
+    assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
+    torch.testing.assert_close(losses, eager_losses, rtol=1e-5, atol=1e-6)
+    for name, w in eager_weights.items():
+        torch.testing.assert_close(weights[name], w, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="--compile"):
+        TrainConfig(compile="always").validate()
+
+
 # ------------------------------------------------------------------ what a run says, Ctrl-C, train more
 
 

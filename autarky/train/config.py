@@ -11,7 +11,7 @@ from autarky.options import setting
 
 # Settings that say how a run keeps itself, not what it computes: left out of the recipe, so
 # changing one neither renames a model nor stops a run from resuming (--shard: at another layout).
-RUN_SETTINGS = ("checkpoint_minutes", "shard")
+RUN_SETTINGS = ("checkpoint_minutes", "shard", "compile")
 # Settings in the recipe only when not 0, so a run without them keeps the recipe (and name) it had.
 OPTIONAL_SETTINGS = ("dropout",)
 # Settings of multi-token prediction: in the recipe only when it is on, so a run without it keeps
@@ -42,7 +42,11 @@ class TrainConfig:
     warmup_steps: int = setting(50, help="Steps of linear warmup from 0 to --lr.")
     schedule: str = setting("cosine", help="cosine, or wsd (warmup-stable-decay).")
     decay_fraction: float = setting(0.2, help="wsd: the share of the run spent decaying to the floor.")
-    weight_decay: float = setting(0.1, help="AdamW weight decay on matrices (norm weights are not decayed).")
+    weight_decay: float = setting(
+        0.1,
+        help="Decoupled weight decay on every matrix, AdamW's and (at --muon-lr's pace) Muon's; norm "
+        "weights are not decayed.",
+    )
     dropout: float = setting(
         0.0,
         help="Dropout of each block's attention and MLP output while training (0: none): a regulariser "
@@ -74,6 +78,11 @@ class TrainConfig:
         False,
         help="Under torchrun: shard the model, gradients and optimizer state across the processes "
         "(FSDP2), for a model too large for one device; without it each process holds the whole model (DDP).",
+    )
+    compile: str = setting(
+        "auto",
+        help="torch.compile the model for the training step: auto compiles on a GPU and not on a CPU (there "
+        "compiling took 98 s and the steps were no faster, docs/benchmarks.md); on or off forces it.",
     )
     mtp: int = setting(
         0,
@@ -109,6 +118,8 @@ class TrainConfig:
             raise UserError(f"unknown schedule {self.schedule!r}; choose cosine or wsd")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"unknown --precision {self.precision!r}; choose auto, fp32 or bf16")
+        if self.compile not in ("auto", "on", "off"):
+            raise UserError(f"unknown --compile {self.compile!r}; choose auto, on or off")
         if self.optimizer not in ("adamw", "muon"):
             raise UserError(f"unknown --optimizer {self.optimizer!r}; choose adamw or muon")
         if self.muon_lr <= 0:

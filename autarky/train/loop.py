@@ -83,6 +83,15 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], AbstractC
     return nullcontext
 
 
+def compiled_for_training(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+    """The module the training step calls: `model`, or `torch.compile(model)` where `--compile`
+    (auto: on a GPU) says so. Evaluation keeps calling `model`, so its other shapes never recompile."""
+    if config.compile == "off" or (config.compile == "auto" and device.type != "cuda"):
+        return model
+    console.print("compiling the training step (torch.compile): the first steps take longer")
+    return torch.compile(model)
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -107,6 +116,7 @@ def fit(
     device = next(model.parameters()).device
     settle_precision(config)
     autocast = autocast_for(config.precision, device)
+    stepped = compiled_for_training(model, config, device)
     first, step, history = progress.step, progress.step, progress.history
     session = Session(config, progress.elapsed, first)
     # A resumed run whose checkpoint step was evaluated before the kill is not evaluated again.
@@ -156,7 +166,7 @@ def fit(
 
             lr = lr_at(config, step, ranks.agree(session.fraction(step))[0])
             trained, (x, y) = train_step(
-                model, optimizer, batches, config, ranks, autocast, session, step, x, y, lr
+                stepped, optimizer, batches, config, ranks, autocast, session, step, x, y, lr
             )
             step += 1
             bar.update(task, completed=step, total=session.total(step))

@@ -324,8 +324,9 @@ def adapt(
     adapters = add_lora(lm, config.lora_rank, config.lora_alpha)
     lm.to(device).train()
     group.wrap(PackedLM(lm, config.batch_size))
+    kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}  # as Llama.configure_optimizer
     optimizer = torch.optim.AdamW(
-        adapters.parameters(), config.lr, betas, weight_decay=config.weight_decay, foreach=True
+        adapters.parameters(), config.lr, betas, weight_decay=config.weight_decay, **kernel
     )
     return adapters, optimizer
 
