@@ -379,9 +379,9 @@ def test_compile_traces_the_training_step_and_trains_the_same_model(monkeypatch)
     model, the autocast and the loss as inductor would but compiles no C++ in a test) and gives
     the losses and weights of the uncompiled step; auto leaves a CPU run alone; evaluation is never
     compiled; a bad value is one sentence."""
-    from autarky.model import Llama, ModelConfig
     from autarky.train import Progress, fit
     from autarky.train.muon import make_optimizer
+    from tests.test_muon import tiny
 
     compiled = []
 
@@ -395,18 +395,7 @@ def test_compile_traces_the_training_step_and_trains_the_same_model(monkeypatch)
     data = torch.arange(4000) % 61
 
     def run(compile_setting):
-        torch.manual_seed(0)
-        model = Llama(
-            ModelConfig(
-                vocab_size=64,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                max_position_embeddings=16,
-            )
-        )
+        model = tiny()
         config = TrainConfig(
             max_steps=6,
             batch_size=2,
