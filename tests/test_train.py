@@ -374,6 +374,42 @@ def test_fit_reads_the_device_only_at_sync_points_and_prefetches_in_order(monkey
     assert done.history[-1]["loss"] < done.history[1]["loss"]
 
 
+def test_the_estimate_leaves_out_the_first_step(monkeypatch):
+    """The first step allocates and, under --compile, compiles: a minute on a GPU that would make
+    the printed estimate many times too long. The pace is read from the steps after it."""
+    from autarky.train import Progress, fit
+
+    fit_module = importlib.import_module("autarky.train.loop")
+    paces = []
+    real_estimate = fit_module.estimate
+    monkeypatch.setattr(
+        fit_module,
+        "estimate",
+        lambda config, step, pace, *a: paces.append(pace) or real_estimate(config, step, pace, *a),
+    )
+
+    class SlowFirstStep(_Bigram):
+        calls = 0
+
+        def forward(self, x, y):
+            self.calls += 1
+            time.sleep(2.0 if self.calls == 1 else 0.01)
+            return super().forward(x, y)
+
+    data = torch.arange(1000) % 7
+    model = SlowFirstStep(7)
+    config = TrainConfig(max_steps=30, eval_interval=100, checkpoint_interval=100, warmup_steps=0)
+    fit(
+        model,
+        torch.optim.AdamW(model.parameters()),
+        lambda step, micro: (data[:8].view(1, 8), data[1:9].view(1, 8)),
+        lambda: {},
+        config,
+        Progress(),
+    )
+    assert len(paces) == 1 and 0.01 <= paces[0] < 0.1  # with the first step: over 0.1 s a step
+
+
 def test_compile_traces_the_training_step_and_trains_the_same_model(monkeypatch):
     """--compile on: fit's step runs through torch.compile (here its eager backend, which traces the
     model, the autocast and the loss as inductor would but compiles no C++ in a test) and gives

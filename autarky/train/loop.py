@@ -169,6 +169,8 @@ def fit(
                 stepped, optimizer, batches, config, ranks, autocast, session, step, x, y, lr
             )
             step += 1
+            if step == first + 1:
+                session.first_step_done()
             bar.update(task, completed=step, total=session.total(step))
     return Progress(step, session.elapsed(), history, session.rate if session.tokens else None, ranks.world)
 
@@ -222,6 +224,10 @@ class Session:
         self.start = self.last_save = time.perf_counter()
         self.paused_at, self.paused, self.tokens, self.rate, self.evaluations = 0.0, 0.0, 0, 0.0, 0
         self.estimated = False
+        self.first_step: float | None = None  # the training seconds of this session's first step
+
+    def first_step_done(self) -> None:
+        self.first_step = time.perf_counter() - self.start - self.paused
 
     def elapsed(self) -> float:
         return self.before + time.perf_counter() - self.start
@@ -255,7 +261,13 @@ class Session:
             return
         self.estimated = True
         per_eval = self.paused / self.evaluations if self.evaluations else 0.0
-        line, warning = estimate(self.config, step, training / (step - self.first), per_eval, self.elapsed())
+        steps = step - self.first
+        per_step = training / steps
+        if self.first_step is not None and steps > 1:
+            # The first step also allocates, and under --compile compiles (a minute or more on a
+            # GPU): the pace is the steps after it.
+            per_step = (training - self.first_step) / (steps - 1)
+        line, warning = estimate(self.config, step, per_step, per_eval, self.elapsed())
         console.print(line)
         if warning:
             console.print(f"[bold yellow]warning:[/] {warning}")
