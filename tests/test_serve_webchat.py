@@ -60,9 +60,9 @@ def test_web_chat_streams_an_answer_and_stops(page_server, tmp_path):
         if os.environ.get("AUTARKY_SCREENSHOT"):
             page.screenshot(path=os.environ["AUTARKY_SCREENSHOT"])
         # a long answer, stopped with the button: the page says so and the conversation goes on
-        # The context is 256 tokens, and the first answer (40 tokens of a barely trained model, often
-        # broken UTF-8 that comes back as U+FFFD) takes 90-140 tokens when sent again: 80 more fit.
-        page.fill("#max-tokens", "80")
+        # The context is 256 tokens and the conversation already takes 90-140 (the first answer is
+        # often broken UTF-8 that comes back as U+FFFD): the page asks for what is left, not 150.
+        page.fill("#max-tokens", "150")
         # The stream arrives slowly (2 kB/s), so the answer is still coming when Stop is pressed,
         # however fast the engine makes it.
         cdp = page.context.new_cdp_session(page)
@@ -85,6 +85,47 @@ def test_web_chat_streams_an_answer_and_stops(page_server, tmp_path):
         browser.close()
     assert requests and all(u.startswith(page_server.url) for u in requests)  # nothing fetched from elsewhere
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_web_chat_leaves_out_the_oldest_turns_when_the_context_is_full(page_server):
+    """A conversation longer than the model's context goes on: the page sends the newest turns that
+    fit (counted by the server's /tokenize) and says how many it left out; the screen keeps them all."""
+    import httpx
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    repeat = 1
+    while True:  # a message of 100-140 tokens: two such turns do not fit in 256, one does
+        text = "Tell me about lists and tuples. " * repeat
+        counted = httpx.post(
+            page_server.url + "/tokenize",
+            json={"messages": [{"role": "user", "content": text}]},
+            headers=auth,
+        ).json()
+        if counted["count"] >= 100:
+            assert counted["count"] <= 140 and counted["max_model_len"] == 256
+            break
+        repeat += 1
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(bypass_csp=True)
+        page.goto(page_server.url + "/")
+        page.fill("#api-key", KEY)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_function("document.getElementById('model').textContent === 'model'")
+        page.fill("#max-tokens", "40")
+        for turn in (1, 2):
+            page.fill("#input", text)
+            page.press("#input", "Enter")
+            page.wait_for_function(
+                f"document.querySelectorAll('.msg.assistant .meta').length === {turn}"
+                " || document.querySelector('.msg.error')"
+            )
+            assert not page.query_selector(".msg.error"), page.inner_text(".msg.error")
+        metas = page.locator(".msg.assistant .meta").all_inner_texts()
+        assert "left out" not in metas[0]
+        assert "1 earlier turn left out to fit the context" in metas[1]
+        assert page.locator(".msg.user").count() == 2  # the screen keeps the whole conversation
+        browser.close()
 
 
 def test_web_chat_says_when_the_model_was_never_chat_tuned(tmp_path_factory):
