@@ -119,12 +119,7 @@ def fit(
     stepped = compiled_for_training(model, config, device)
     first, step, history = progress.step, progress.step, progress.history
     session = Session(config, progress.elapsed, first)
-    # A resumed run whose checkpoint step was evaluated before the kill is not evaluated again.
-    evaluated = (
-        bool(history)
-        and history[-1]["step"] == step
-        and any(k not in STEP_KEYS and not k.startswith("mtp_loss_") for k in history[-1])
-    )
+    evaluated = evaluated_at(history, step)
     smoothed = SmoothedLoss(history)
     pending, trained = [], {}
     x, y = batches(step, 0)
@@ -322,6 +317,16 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+
+
+def evaluated_at(history: list[dict], step: int) -> bool:
+    """Whether the history's last record is an evaluation at `step`: a resumed run whose checkpoint
+    step was evaluated before the kill is not evaluated again."""
+    return (
+        bool(history)
+        and history[-1]["step"] == step
+        and any(k not in STEP_KEYS and not k.startswith("mtp_loss_") for k in history[-1])
+    )
 
 
 def read_back(records: list[dict]) -> list[dict]:
