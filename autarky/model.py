@@ -625,15 +625,18 @@ class Llama(nn.Module):
     def configure_optimizer(
         self, lr: float, weight_decay: float, betas: tuple[float, float]
     ) -> torch.optim.AdamW:
-        """AdamW with decay on matrices only; norms (1-D) are not decayed. On a GPU the fused kernel
-        (one launch for every tensor), elsewhere the foreach one (fused saves nothing on a CPU)."""
+        """AdamW with decay on matrices only; norms (1-D) are not decayed."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if params and all(p.is_cuda for p in params):
-            return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, **adamw_kernel(params))
+
+
+def adamw_kernel(params: list[torch.Tensor]) -> dict[str, bool]:
+    """AdamW's implementation for these tensors: on a GPU the fused kernel (one launch for every
+    tensor), elsewhere the foreach one (fused saves nothing on a CPU)."""
+    return {"fused": True} if params and all(p.is_cuda for p in params) else {"foreach": True}
 
 
 def state_dict_for_export(model: Llama) -> dict[str, torch.Tensor]:

@@ -74,6 +74,11 @@ def flop_params(model: Llama) -> int:
     return n
 
 
+def model_flops_per_token(model: Llama, seq: int) -> int:
+    """6·N + 12·n_layer·d_model·seq_len (PaLM appendix B / nanoGPT's MFU)."""
+    return 6 * flop_params(model) + 12 * model.config.num_hidden_layers * model.config.hidden_size * seq
+
+
 def timed_fit(
     model: Llama, config: TrainConfig, compiled: bool, steps: int, rounds: int, clock
 ) -> tuple[list[float], list[float]]:
@@ -119,9 +124,7 @@ def measure(
     model = Llama(preset_config(preset, VOCAB[preset])).train()
     seconds, refs = timed_fit(model, config, compiled, steps, rounds, clock)
     warmup, times = seconds[:WARMUP_STEPS], seconds[WARMUP_STEPS:]
-    flops_per_token = (
-        6 * flop_params(model) + 12 * model.config.num_hidden_layers * model.config.hidden_size * seq
-    )
+    flops_per_token = model_flops_per_token(model, seq)
     round_ratios = [
         flops_per_token * batch * seq / min(times[r * steps : (r + 1) * steps]) / ref
         for r, ref in enumerate(refs)
@@ -209,9 +212,7 @@ def measure_gpu(
     fit(model, optimizer, batches, lambda: {}, config, Progress())
     step_s = [(b - a) / steps for a, b in zip(edges, edges[1:], strict=False)]
     best = min(step_s)
-    flops_per_token = (
-        6 * flop_params(model) + 12 * model.config.num_hidden_layers * model.config.hidden_size * seq
-    )
+    flops_per_token = model_flops_per_token(model, seq)
     model_flops = flops_per_token * batch * seq / best
     peak = gpu_peak_flops(torch.cuda.get_device_name(), peak_tflops)
     matmul = gpu_matmul_flops()

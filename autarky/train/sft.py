@@ -40,7 +40,7 @@ from autarky.data.chat import count_conversations, iter_conversations
 from autarky.evaluate.bpb import score_batches, token_byte_lengths
 from autarky.lora import add_lora, merge_lora, save_adapter
 from autarky.machine import best_device
-from autarky.model import Llama, load_pretrained, save_pretrained
+from autarky.model import Llama, adamw_kernel, load_pretrained, save_pretrained
 from autarky.tokenizer import Tokenizer
 from autarky.train import distributed
 from autarky.train.checkpoint import (
@@ -324,9 +324,9 @@ def adapt(
     adapters = add_lora(lm, config.lora_rank, config.lora_alpha)
     lm.to(device).train()
     group.wrap(PackedLM(lm, config.batch_size))
-    kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}  # as Llama.configure_optimizer
+    params = list(adapters.parameters())
     optimizer = torch.optim.AdamW(
-        adapters.parameters(), config.lr, betas, weight_decay=config.weight_decay, **kernel
+        params, config.lr, betas, weight_decay=config.weight_decay, **adamw_kernel(params)
     )
     return adapters, optimizer
 
